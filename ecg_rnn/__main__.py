@@ -1,0 +1,3 @@
+from ecg_rnn.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,180 @@
+"""Beat stage: fixed-length windows around R-peaks, RR-interval context and AAMI labels."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+from scipy.ndimage import median_filter
+
+from ecg_rnn.errors import SignalError
+from ecg_rnn.records import Record
+from ecg_rnn.signal import SignalConfig, detect_r_peaks, preprocess
+
+AAMI_CLASSES = ("N", "S", "V", "F", "Q")
+# MIT-BIH symbol -> AAMI class (ANSI/AAMI EC57). B, n, r and ? are rare extras mapped as EC57 does.
+AAMI_OF_SYMBOL = {
+    **dict.fromkeys("NLRej", "N"), "B": "N",
+    **dict.fromkeys("AaJS", "S"), "n": "S",
+    **dict.fromkeys("VE", "V"), "r": "V",
+    "F": "F",
+    **dict.fromkeys("/fQ", "Q"), "?": "Q",
+}
+BEAT_SYMBOLS = frozenset(AAMI_OF_SYMBOL)
+RR_FEATURES = ("rr_prev_s", "rr_next_s", "rr_local_s", "rr_prev_ratio", "rr_next_ratio")
+MATCH_TOLERANCE_S = 0.15  # a detected beat takes the label of a reference beat this close
+
+
+@dataclass(frozen=True)
+class BeatConfig:
+    """How beats are cut from the pipeline signal."""
+
+    pre_s: float = 0.28  # window start before the R-peak: covers the P wave
+    post_s: float = 0.42  # window end after the R-peak: covers the T wave at normal rates
+    normalisation: str = "record"  # record: scale by the record's median beat | beat: z-score | none
+    rr_local_beats: int = 21  # centred median over this many RR intervals gives the local rhythm
+
+    def window_samples(self, fs: float) -> tuple[int, int]:
+        return int(round(self.pre_s * fs)), int(round(self.post_s * fs))
+
+    def __post_init__(self):
+        if self.normalisation not in ("record", "beat", "none"):
+            raise ValueError(f"normalisation must be record, beat or none, not {self.normalisation!r}")
+
+
+@dataclass
+class Beats:
+    """A set of beats from one or more records; every array has one row per beat."""
+
+    record: np.ndarray  # str: record name of each beat
+    sample: np.ndarray  # int64: R-peak in the record's own sampling
+    time_s: np.ndarray  # float64
+    waves: np.ndarray  # float32 (n, window)
+    rr: np.ndarray  # float32 (n, len(RR_FEATURES))
+    symbol: np.ndarray  # str: reference symbol, "" when unknown
+    aami: np.ndarray  # str: AAMI class, "" when unknown
+
+    def __len__(self) -> int:
+        return len(self.sample)
+
+    def subset(self, mask_or_index) -> "Beats":
+        return Beats(**{f.name: getattr(self, f.name)[mask_or_index] for f in fields(self)})
+
+    @property
+    def is_abnormal(self) -> np.ndarray:
+        return np.isin(self.aami, ("S", "V", "F", "Q"))
+
+    @property
+    def labelled(self) -> np.ndarray:
+        return self.aami != ""
+
+    @staticmethod
+    def concat(parts: list["Beats"]) -> "Beats":
+        return Beats(**{f.name: np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(Beats)})
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def table(self):
+        """One row per beat: position, RR context and reference labels (a pandas DataFrame)."""
+        import pandas as pd
+
+        frame = pd.DataFrame({"record": self.record, "sample": self.sample, "time_s": self.time_s.round(4)})
+        for i, name in enumerate(RR_FEATURES):
+            frame[name] = self.rr[:, i].round(4)
+        frame["ref_symbol"] = self.symbol
+        frame["ref_aami"] = self.aami
+        return frame
+
+
+def aami_class(symbols: np.ndarray) -> np.ndarray:
+    lookup = np.vectorize(lambda s: AAMI_OF_SYMBOL.get(s, ""), otypes=[str])
+    return lookup(symbols) if len(symbols) else np.array([], dtype=str)
+
+
+def reference_beats(record: Record) -> tuple[np.ndarray, np.ndarray]:
+    """Beat annotations only (rhythm, noise and comment annotations are dropped)."""
+    ann = record.annotations
+    if ann is None:
+        return np.array([], dtype=np.int64), np.array([], dtype=str)
+    keep = np.isin(ann.symbol, list(BEAT_SYMBOLS))
+    return ann.sample[keep], ann.symbol[keep]
+
+
+def match_reference(peaks: np.ndarray, ref_sample: np.ndarray, ref_symbol: np.ndarray,
+                    tolerance: int) -> np.ndarray:
+    """The reference symbol of the nearest reference beat within `tolerance` samples, else ""."""
+    out = np.full(len(peaks), "", dtype=ref_symbol.dtype if len(ref_symbol) else "<U1")
+    if len(ref_sample) == 0 or len(peaks) == 0:
+        return out
+    right = np.clip(np.searchsorted(ref_sample, peaks), 1, len(ref_sample) - 1) if len(ref_sample) > 1 \
+        else np.zeros(len(peaks), dtype=int)
+    left = np.maximum(right - 1, 0)
+    nearest = np.where(np.abs(ref_sample[left] - peaks) <= np.abs(ref_sample[right] - peaks), left, right)
+    close = np.abs(ref_sample[nearest] - peaks) <= tolerance
+    out[close] = ref_symbol[nearest[close]]
+    return out
+
+
+def rr_context(peak_times: np.ndarray, local_beats: int) -> np.ndarray:
+    """Previous, next and local (centred median) RR interval in seconds, and their ratios."""
+    n = len(peak_times)
+    if n < 2:
+        raise SignalError(f"found {n} beat(s); RR context needs at least 2")
+    intervals = np.diff(peak_times)
+    rr_prev = np.concatenate([[intervals[0]], intervals])
+    rr_next = np.concatenate([intervals, [intervals[-1]]])
+    size = min(local_beats, len(rr_prev)) | 1  # odd, for a centred window
+    rr_local = median_filter(rr_prev, size=size, mode="nearest")
+    rr_local = np.maximum(rr_local, 1e-3)
+    return np.stack([rr_prev, rr_next, rr_local, rr_prev / rr_local, rr_next / rr_local], axis=1).astype(
+        np.float32)
+
+
+def cut_windows(x: np.ndarray, centres: np.ndarray, pre: int, post: int) -> np.ndarray:
+    """Windows x[c-pre : c+post] for every centre; the filtered signal is padded with its baseline (0)."""
+    padded = np.pad(x, (pre, post))
+    index = centres[:, None] + np.arange(pre + post)[None, :]
+    return padded[index]
+
+
+def normalise(waves: np.ndarray, how: str) -> np.ndarray:
+    """Remove each beat's offset; scale per record (keeps how a beat differs from its patient's
+    usual amplitude, the strongest anomaly cue) or per beat (z-score)."""
+    centred = waves - np.median(waves, axis=1, keepdims=True)
+    if how == "none":
+        return waves.astype(np.float32)
+    if how == "beat":
+        scale = centred.std(axis=1, keepdims=True)
+    else:
+        typical = np.median(centred, axis=0)
+        scale = np.ptp(typical) if len(waves) else 1.0
+    return (centred / np.maximum(scale, 1e-6)).astype(np.float32)
+
+
+def beats_from_record(record: Record, signal_config: SignalConfig = SignalConfig(),
+                      beat_config: BeatConfig = BeatConfig(), peaks: str = "auto") -> Beats:
+    """Cut every beat of a record.
+
+    peaks: "reference" uses the annotated beats (the evaluation protocols); "detect" runs the R-peak
+    detector and labels matched beats from the annotations; "auto" is reference when annotations exist.
+    """
+    ref_sample, ref_symbol = reference_beats(record)
+    use_reference = peaks == "reference" or (peaks == "auto" and len(ref_sample) > 0)
+    if peaks == "reference" and len(ref_sample) == 0:
+        raise SignalError(f"{record.name}: has no reference beat annotations; use detected R-peaks")
+    if use_reference:
+        sample, symbol = ref_sample, ref_symbol
+    else:
+        sample = detect_r_peaks(record.signal, record.fs)
+        symbol = match_reference(sample, ref_sample, ref_symbol, int(MATCH_TOLERANCE_S * record.fs))
+    if len(sample) < 3:
+        raise SignalError(f"{record.name}: found {len(sample)} beat(s); at least 3 are needed")
+    x = preprocess(record.signal, record.fs, signal_config)
+    pre, post = beat_config.window_samples(signal_config.fs)
+    centres = np.clip(np.round(sample * (signal_config.fs / record.fs)).astype(np.int64), 0, len(x) - 1)
+    waves = normalise(cut_windows(x, centres, pre, post), beat_config.normalisation)
+    time_s = sample / record.fs
+    return Beats(record=np.full(len(sample), record.name), sample=sample.astype(np.int64), time_s=time_s,
+                 waves=waves, rr=rr_context(time_s, beat_config.rr_local_beats),
+                 symbol=np.asarray(symbol, dtype=str), aami=aami_class(np.asarray(symbol, dtype=str)))

@@ -1,0 +1,364 @@
+"""Record stage: read WFDB records and CSV files into one validated `Record` type.
+
+Every file is untrusted: headers are checked before wfdb allocates anything, signal files must
+sit beside their header (no `..`, absolute paths or symlinks), and sizes are bounded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ecg_rnn.errors import RecordError
+
+# Bounds that keep a hostile header from exhausting memory (a 48 h Holter at 500 Hz fits).
+MAX_SAMPLES = 100_000_000
+MAX_CHANNELS = 64
+MIN_FS, MAX_FS = 50.0, 20_000.0
+MIN_SECONDS = 3.0
+MAX_HEADER_BYTES = 1 << 20
+MAX_CSV_BYTES = 512 << 20
+MAX_CSV_COLUMNS = 64
+# Storage formats wfdb decodes without extra libraries (FLAC 508/516/524 need soundfile).
+READABLE_FORMATS = {"8": 1.0, "16": 2.0, "24": 3.0, "32": 4.0, "61": 2.0, "80": 1.0, "160": 2.0,
+                    "212": 1.5, "310": 4 / 3, "311": 4 / 3}
+UNIT_TO_MV = {"mv": 1.0, "uv": 1e-3, "µv": 1e-3, "v": 1e3, "nu": 1.0, "": 1.0}
+
+_ECG_LEAD = re.compile(
+    r"^(ml?i{1,3}|i{1,3}|a?v[rlf]|v\d|mlii|ecg.*|cm\d|d\d|ml\d?|mv\d|lead.*|v|ds?\d)$", re.IGNORECASE)
+_TIME_COLUMN = re.compile(r"^(time|t|time_s|times|seconds|sec|s|elapsed.*|'elapsed time')$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Annotations:
+    """Reference annotations (wfdb naming): sample indices and their symbols."""
+
+    sample: np.ndarray  # int64, in the record's own sampling
+    symbol: np.ndarray  # str
+
+
+@dataclass(frozen=True)
+class Record:
+    """One lead of one recording, in millivolts, with its reference annotations when present."""
+
+    name: str
+    signal: np.ndarray  # float32, mV
+    fs: float
+    lead: str
+    sig_name: tuple[str, ...]  # every lead the file holds
+    units: str
+    annotations: Annotations | None = None
+    source: str = ""
+    digest: str = field(default="", compare=False)
+
+    @property
+    def sig_len(self) -> int:
+        return int(len(self.signal))
+
+    @property
+    def duration_s(self) -> float:
+        return self.sig_len / self.fs
+
+
+def content_digest(signal: np.ndarray, fs: float, annotations: Annotations | None) -> str:
+    """Stable identity of a recording's content (reviews are keyed by it, not by file name)."""
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(signal, dtype=np.float32).tobytes())
+    h.update(repr(float(fs)).encode())
+    if annotations is not None:
+        h.update(annotations.sample.astype(np.int64).tobytes())
+    return h.hexdigest()[:20]
+
+
+def read_record(path: str | os.PathLike, lead: str | int | None = None, fs: float | None = None,
+                annotator: str = "atr") -> Record:
+    """Read a WFDB record (path without extension, or the .hea) or a CSV file."""
+    p = Path(path)
+    if p.suffix.lower() in (".csv", ".txt"):
+        return read_csv(p, fs=fs, lead=lead)
+    if p.suffix.lower() in (".hea", ".dat", ".atr"):
+        p = p.with_suffix("")
+    return read_wfdb(p, lead=lead, annotator=annotator)
+
+
+# ---------------------------------------------------------------------------------------------
+# WFDB
+
+
+def _read_header_text(hea: Path) -> str:
+    if not hea.is_file():
+        raise RecordError(f"{hea.name}: header file not found; pass a WFDB record path without "
+                          "extension (e.g. data/mitdb/100) or a .csv file")
+    size = hea.stat().st_size
+    if size > MAX_HEADER_BYTES:
+        raise RecordError(f"{hea.name}: header is {size} bytes, too large for a WFDB header")
+    raw = hea.read_bytes()
+    if b"\x00" in raw:
+        raise RecordError(f"{hea.name}: is binary data, not a WFDB text header")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        try:
+            return raw.decode("latin-1")
+        except UnicodeDecodeError:  # pragma: no cover - latin-1 decodes any byte
+            raise RecordError(f"{hea.name}: header is not text") from None
+
+
+def _check_file_name(file_name: str, header: str) -> None:
+    if (not file_name or file_name in (".", "..") or "/" in file_name or "\\" in file_name
+            or os.path.isabs(file_name) or file_name.startswith("~")):
+        raise RecordError(f"{header}: signal file name {file_name!r} points outside the record's "
+                          "folder; signal files must sit beside the header")
+
+
+def _check_header_file_names(text: str, header: str) -> None:
+    """Vet the signal file names in the raw text, before wfdb parses (and maybe opens) them."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    for line in lines[1:MAX_CHANNELS + 1]:
+        _check_file_name(line.split()[0], header)
+
+
+def _safe_signal_file(folder: Path, file_name: str, header: str) -> Path:
+    """A signal file named by a header must be a plain file right beside the header."""
+    _check_file_name(file_name, header)
+    path = folder / file_name
+    if path.is_symlink():
+        raise RecordError(f"{header}: signal file {file_name} is a symbolic link; refusing to follow it")
+    if not path.is_file():
+        raise RecordError(f"{header}: signal file {file_name} is missing; put it beside the header")
+    return path
+
+
+def _check_header(h, hea_name: str) -> None:
+    if getattr(h, "n_seg", None):
+        raise RecordError(f"{hea_name}: multi-segment WFDB records are not supported; "
+                          "convert it to a single-segment record first")
+    if not h.n_sig:
+        raise RecordError(f"{hea_name}: header describes no signals")
+    if h.n_sig > MAX_CHANNELS:
+        raise RecordError(f"{hea_name}: header claims {h.n_sig} signals; at most {MAX_CHANNELS} are supported")
+    if h.fs is None or not np.isfinite(h.fs) or not (MIN_FS <= h.fs <= MAX_FS):
+        raise RecordError(f"{hea_name}: sampling rate {'(none)' if h.fs is None else f'{h.fs:g}'} Hz is outside the supported "
+                          f"{MIN_FS:g}-{MAX_FS:g} Hz")
+    if h.sig_len is not None and h.sig_len > MAX_SAMPLES:
+        raise RecordError(f"{hea_name}: header claims {h.sig_len} samples per signal; at most "
+                          f"{MAX_SAMPLES} are supported")
+    for fmt in h.fmt:
+        if str(fmt) not in READABLE_FORMATS:
+            raise RecordError(f"{hea_name}: storage format {fmt!r} is not supported "
+                              f"(supported: {', '.join(sorted(READABLE_FORMATS, key=int))})")
+
+
+def _check_signal_files(h, folder: Path, hea_name: str) -> int:
+    """Check every signal file's size against the header; return the usable signal length."""
+    lengths = []
+    for file_name in dict.fromkeys(h.file_name):
+        path = _safe_signal_file(folder, file_name, hea_name)
+        idx = [i for i, f in enumerate(h.file_name) if f == file_name]
+        bytes_per_frame = sum(READABLE_FORMATS[str(h.fmt[i])] for i in idx)
+        offset = max(int((h.byte_offset or [0] * h.n_sig)[i] or 0) for i in idx)
+        available = max(0, path.stat().st_size - offset)
+        frames_in_file = int(available // bytes_per_frame)
+        if h.sig_len:
+            if frames_in_file < h.sig_len:
+                raise RecordError(f"{hea_name}: signal file {file_name} holds {frames_in_file} samples "
+                                  f"but the header says {h.sig_len}; the file is truncated")
+            lengths.append(h.sig_len)
+        else:
+            lengths.append(frames_in_file)
+    length = min(lengths)
+    if length > MAX_SAMPLES:
+        raise RecordError(f"{hea_name}: signal holds {length} samples; at most {MAX_SAMPLES} are supported")
+    return length
+
+
+def choose_lead(sig_name: list[str], units: list[str], lead: str | int | None, where: str) -> int:
+    """MLII where present, else the first ECG-looking lead, else the first signal; or the user's choice."""
+    names = [str(n) for n in sig_name]
+    if lead is not None and str(lead).strip() != "":
+        text = str(lead).strip()
+        if text.lstrip("-").isdigit():
+            i = int(text)
+            if 0 <= i < len(names):
+                return i
+            raise RecordError(f"{where}: lead index {i} does not exist; the record has leads "
+                              f"0-{len(names) - 1}: {', '.join(names)}")
+        for i, n in enumerate(names):
+            if n.strip().lower() == text.lower():
+                return i
+        raise RecordError(f"{where}: lead {text!r} not found; available leads: {', '.join(names)}")
+    for i, n in enumerate(names):
+        if n.strip().upper() == "MLII":
+            return i
+    for i, n in enumerate(names):
+        if _ECG_LEAD.match(n.strip()) or "ecg" in n.lower():
+            return i
+    for i, u in enumerate(units):
+        if str(u).strip().lower() in ("mv", "uv", "µv"):
+            return i
+    return 0
+
+
+def _validated_signal(x: np.ndarray, fs: float, where: str) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    bad = ~np.isfinite(x)
+    if bad.all():
+        raise RecordError(f"{where}: the signal holds no valid samples (all NaN)")
+    if bad.mean() > 0.2:
+        raise RecordError(f"{where}: {bad.mean():.0%} of the samples are missing (NaN); at most 20% "
+                          "can be bridged")
+    if bad.any():  # short gaps (WFDB invalid-sample markers) are bridged linearly
+        idx = np.arange(len(x))
+        x[bad] = np.interp(idx[bad], idx[~bad], x[~bad])
+    if len(x) < MIN_SECONDS * fs:
+        raise RecordError(f"{where}: recording is {len(x) / fs:.2f} s long; at least {MIN_SECONDS:g} s "
+                          "(a few beats) are needed")
+    if float(np.ptp(x)) < 1e-6:
+        raise RecordError(f"{where}: the signal is flat (no variation); check the lead and the file")
+    return x.astype(np.float32)
+
+
+def read_wfdb(path: str | os.PathLike, lead: str | int | None = None, annotator: str = "atr") -> Record:
+    """Read one lead of a single-segment WFDB record, plus its annotations when the file exists."""
+    import wfdb  # deferred: wfdb pulls in pandas/matplotlib at import time
+
+    p = Path(path)
+    hea = p.with_name(p.name + ".hea")
+    text = _read_header_text(hea)
+    _check_header_file_names(text, hea.name)
+    try:
+        h = wfdb.rdheader(str(p))
+    except Exception as exc:  # wfdb raises many types on malformed text
+        first = text.splitlines()[0][:80] if text.strip() else "(empty)"
+        raise RecordError(f"{hea.name}: not a valid WFDB header ({type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0][:120] if str(exc) else 'parse error'}); "
+                          f"first line: {first!r}") from None
+    _check_header(h, hea.name)
+    sig_len = _check_signal_files(h, p.parent, hea.name)
+    channel = choose_lead(h.sig_name or [f"sig{i}" for i in range(h.n_sig)], h.units or [], lead, hea.name)
+    try:
+        rec = wfdb.rdrecord(str(p), channels=[channel], sampto=sig_len, physical=True)
+    except Exception as exc:
+        raise RecordError(f"{hea.name}: signal file could not be decoded ({type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0][:120] if str(exc) else ''})") from None
+    units = (rec.units or ["mV"])[0] or "mV"
+    scale = UNIT_TO_MV.get(units.strip().lower(), 1.0)
+    signal = _validated_signal(rec.p_signal[:, 0] * scale, float(h.fs), hea.name)
+    annotations = read_annotations(p, annotator, sig_len)
+    names = tuple(str(n) for n in (h.sig_name or [f"sig{i}" for i in range(h.n_sig)]))
+    return Record(name=p.name, signal=signal, fs=float(h.fs), lead=names[channel], sig_name=names,
+                  units="mV" if scale != 1.0 or units.lower() == "mv" else units,
+                  annotations=annotations, source=str(p),
+                  digest=content_digest(signal, float(h.fs), annotations))
+
+
+def read_annotations(path: Path, annotator: str, sig_len: int) -> Annotations | None:
+    """Read `<record>.<annotator>` when it exists; a corrupt file is an error, a missing one is not."""
+    import wfdb
+
+    ann_path = path.with_name(f"{path.name}.{annotator}")
+    if not ann_path.exists():
+        return None
+    if ann_path.is_symlink() or not ann_path.is_file():
+        raise RecordError(f"{ann_path.name}: annotation file is not a regular file")
+    if ann_path.stat().st_size > 16 * sig_len + 4096:
+        raise RecordError(f"{ann_path.name}: annotation file is larger than any annotation of "
+                          f"{sig_len} samples could be")
+    try:
+        ann = wfdb.rdann(str(path), annotator)
+    except Exception as exc:
+        raise RecordError(f"{ann_path.name}: annotation file could not be read ({type(exc).__name__}); "
+                          "remove it to score without reference labels") from None
+    sample = np.asarray(ann.sample, dtype=np.int64)
+    symbol = np.asarray(ann.symbol, dtype=str)
+    keep = (sample >= 0) & (sample < sig_len)
+    return Annotations(sample=sample[keep], symbol=symbol[keep])
+
+
+# ---------------------------------------------------------------------------------------------
+# CSV
+
+
+def read_csv(path: str | os.PathLike, fs: float | None = None, lead: str | int | None = None) -> Record:
+    """Read a CSV: one signal column plus `fs`, or a time column (seconds) plus signal columns."""
+    import pandas as pd
+
+    p = Path(path)
+    where = p.name
+    if not p.is_file():
+        raise RecordError(f"{where}: file not found")
+    size = p.stat().st_size
+    if size > MAX_CSV_BYTES:
+        raise RecordError(f"{where}: {size >> 20} MiB is larger than the {MAX_CSV_BYTES >> 20} MiB CSV limit; "
+                          "convert long recordings to WFDB")
+    with p.open("rb") as fh:
+        first = fh.readline(1 << 16)
+    if b"\x00" in first:
+        raise RecordError(f"{where}: is binary data, not a CSV file")
+    try:
+        first_text = first.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise RecordError(f"{where}: is not UTF-8 text; save the CSV as UTF-8") from None
+    delimiter = ";" if first_text.count(";") > first_text.count(",") else ","
+    n_cols = first_text.count(delimiter) + 1
+    if n_cols > MAX_CSV_COLUMNS or (len(first) >= (1 << 16) and not first.endswith(b"\n")):
+        raise RecordError(f"{where}: has more than {MAX_CSV_COLUMNS} columns; expected a time column "
+                          "and a few ECG leads")
+    has_header = any(c.isalpha() for c in first_text.replace("e", "").replace("E", "").replace("nan", ""))
+    try:
+        frame = pd.read_csv(p, sep=delimiter, header=0 if has_header else None, encoding="utf-8",
+                            skipinitialspace=True)
+    except UnicodeDecodeError:
+        raise RecordError(f"{where}: is not UTF-8 text; save the CSV as UTF-8") from None
+    except Exception as exc:
+        raise RecordError(f"{where}: not a readable CSV ({str(exc).splitlines()[0][:120]})") from None
+    if not has_header:
+        frame.columns = [f"col{i}" for i in range(frame.shape[1])]
+    frame.columns = [str(c).strip().strip("'\"") for c in frame.columns]
+    if len(frame) < 2:
+        raise RecordError(f"{where}: holds {len(frame)} data row(s); a recording needs many samples")
+    numeric = frame.apply(pd.to_numeric, errors="coerce")
+    for col in frame.columns:
+        bad = numeric[col].isna() & frame[col].notna() & (frame[col].astype(str).str.strip().str.lower() != "nan")
+        if bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0])
+            raise RecordError(f"{where}: column {col!r} row {row + 1} is not a number "
+                              f"({str(frame[col].iloc[row])[:30]!r})")
+    time_col = _time_column(numeric)
+    signal_cols = [c for c in numeric.columns if c != time_col]
+    if not signal_cols:
+        raise RecordError(f"{where}: has only a time column; add an ECG column")
+    if time_col is not None:
+        t = numeric[time_col].to_numpy(dtype=np.float64)
+        steps = np.diff(t)
+        if not np.all(np.isfinite(steps)) or np.any(steps <= 0):
+            raise RecordError(f"{where}: time column {time_col!r} must increase strictly")
+        step = float(np.median(steps))
+        if np.max(np.abs(steps - step)) > 0.1 * step:
+            raise RecordError(f"{where}: time column {time_col!r} is not evenly spaced; resample it first")
+        inferred = (len(t) - 1) / (t[-1] - t[0])  # the whole span: immune to rounded time stamps
+        nearest = round(inferred)
+        fs = float(fs) if fs else (float(nearest) if abs(inferred - nearest) < 1e-3 * inferred else inferred)
+    if not fs:
+        raise RecordError(f"{where}: has no time column; give the sampling rate (CLI: --fs 360)")
+    if not np.isfinite(fs) or not (MIN_FS <= fs <= MAX_FS):
+        raise RecordError(f"{where}: sampling rate {fs:g} Hz is outside the supported {MIN_FS:g}-{MAX_FS:g} Hz")
+    channel = choose_lead(signal_cols, ["mV"] * len(signal_cols), lead, where)
+    name = signal_cols[channel]
+    signal = _validated_signal(numeric[name].to_numpy(dtype=np.float64), fs, where)
+    return Record(name=p.stem, signal=signal, fs=float(fs), lead=name, sig_name=tuple(signal_cols),
+                  units="mV", annotations=None, source=str(p), digest=content_digest(signal, fs, None))
+
+
+def _time_column(numeric) -> str | None:
+    if numeric.shape[1] < 2:
+        return None
+    first = numeric.columns[0]
+    if _TIME_COLUMN.match(first):
+        return first
+    return None
