@@ -142,6 +142,9 @@ def _check_header(h, hea_name: str) -> None:
         raise RecordError(f"{hea_name}: header describes no signals")
     if h.n_sig > MAX_CHANNELS:
         raise RecordError(f"{hea_name}: header claims {h.n_sig} signals; at most {MAX_CHANNELS} are supported")
+    signal_lines = len(h.file_name or [])
+    if signal_lines != h.n_sig or len(h.fmt or []) != h.n_sig:
+        raise RecordError(f"{hea_name}: header announces {h.n_sig} signals but describes {signal_lines}")
     if h.fs is None or not np.isfinite(h.fs) or not (MIN_FS <= h.fs <= MAX_FS):
         raise RecordError(f"{hea_name}: sampling rate {'(none)' if h.fs is None else f'{h.fs:g}'} Hz is outside the supported "
                           f"{MIN_FS:g}-{MAX_FS:g} Hz")
