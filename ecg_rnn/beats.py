@@ -9,7 +9,8 @@ from scipy.ndimage import median_filter
 
 from ecg_rnn.errors import SignalError
 from ecg_rnn.records import Record
-from ecg_rnn.signal import SignalConfig, detect_r_peaks, preprocess
+from ecg_rnn import signal as ecg_signal
+from ecg_rnn.signal import SignalConfig, preprocess
 
 AAMI_CLASSES = ("N", "S", "V", "F", "Q")
 # MIT-BIH symbol -> AAMI class (ANSI/AAMI EC57). B, n, r and ? are rare extras mapped as EC57 does.
@@ -166,7 +167,7 @@ def beats_from_record(record: Record, signal_config: SignalConfig = SignalConfig
     if use_reference:
         sample, symbol = ref_sample, ref_symbol
     else:
-        sample = detect_r_peaks(record.signal, record.fs)
+        sample = ecg_signal.detect_r_peaks(record.signal, record.fs)
         symbol = match_reference(sample, ref_sample, ref_symbol, int(MATCH_TOLERANCE_S * record.fs))
     if len(sample) < 3:
         raise SignalError(f"{record.name}: found {len(sample)} beat(s); at least 3 are needed")
