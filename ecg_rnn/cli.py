@@ -79,6 +79,175 @@ def build_parser() -> argparse.ArgumentParser:
 COMMANDS = [_add_data, _add_beats]
 
 
+# ---------------------------------------------------------------------------------------------
+# train / evaluate / score (the detector; see ecg_rnn.detector)
+
+
+def _add_model_options(p) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--cell", choices=("lstm", "gru"), help="recurrent cell (default lstm)")
+    g.add_argument("--hidden", type=int, help="hidden units per layer")
+    g.add_argument("--layers", type=int, help="stacked recurrent layers")
+    g.add_argument("--latent", type=int, help="latent code size")
+    g.add_argument("--dropout", type=float, help="dropout between layers and on the latent code")
+    g.add_argument("--bidirectional", action="store_true", default=None, help="bidirectional encoder")
+    g.add_argument("--no-context", dest="context", action="store_false", default=None,
+                   help="plain autoencoder: no template channel, RR conditioning or residual decoding")
+
+
+def _add_train_options(p) -> None:
+    g = p.add_argument_group("training")
+    g.add_argument("--epochs", type=int, help="maximum epochs")
+    g.add_argument("--batch-size", type=int)
+    g.add_argument("--lr", type=float, help="Adam learning rate")
+    g.add_argument("--patience", type=int, help="early-stopping patience (epochs)")
+    g.add_argument("--seed", type=int)
+    g.add_argument("--device", choices=("auto", "cpu", "cuda"), help="auto: CUDA when available")
+    g.add_argument("--max-beats", type=int, help="training beats drawn per epoch (0: all)")
+    g.add_argument("--threads", type=int, help="torch CPU threads")
+
+
+def _model_config(args, base):
+    import dataclasses
+
+    names = {"cell": "cell", "hidden": "hidden_size", "layers": "num_layers", "latent": "latent_size",
+             "dropout": "dropout", "bidirectional": "bidirectional", "context": "context"}
+    over = {f: getattr(args, a) for a, f in names.items() if getattr(args, a, None) is not None}
+    if over.get("context") is False:
+        over.setdefault("input_norm", "beat")
+    return dataclasses.replace(base, **over)
+
+
+def _train_config(args, base):
+    import dataclasses
+
+    names = {"epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "patience": "patience",
+             "seed": "seed", "device": "device", "max_beats": "max_train_beats", "threads": "threads"}
+    over = {f: getattr(args, a) for a, f in names.items() if getattr(args, a, None) is not None}
+    if over.get("max_train_beats") == 0:
+        over["max_train_beats"] = None
+    return dataclasses.replace(base, **over)
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train the detector on MIT-BIH DS1 normal beats; writes runs/<name>/")
+    p.add_argument("--name", default="default", help="run name: output goes to runs/<name>/ (default: default)")
+    p.add_argument("--runs-dir", type=Path, help="parent folder of the run (default: runs/ in the project)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last epoch")
+    p.add_argument("--ship", type=Path, metavar="PATH",
+                   help="also save the model (and a .json sidecar) here, e.g. models/default.safetensors")
+    p.add_argument("--threshold-percentile", type=float,
+                   help="threshold = this percentile of held-out normal scores (default 97)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_model_options(p)
+    _add_train_options(p)
+    p.set_defaults(run=_run_train)
+
+
+def _run_train(args) -> int:
+    from ecg_rnn.detector import DEFAULT_MODEL_CONFIG, DEFAULT_TRAIN_CONFIG
+    from ecg_rnn.train import REPO_ROOT, run_training
+
+    try:
+        mc = _model_config(args, DEFAULT_MODEL_CONFIG)
+        tc = _train_config(args, DEFAULT_TRAIN_CONFIG)
+    except ValueError as exc:
+        raise _BadArgs(str(exc)) from None
+    result = run_training(args.name, mc, tc, runs_dir=args.runs_dir or REPO_ROOT / "runs", resume=args.resume,
+                          progress=not args.quiet, threshold_percentile=args.threshold_percentile,
+                          ship_to=args.ship)
+    m = result["metrics"]
+    print(f"{args.name}: DS1 -> DS2  ROC-AUC {m['roc_auc']:.4f}  AP {m['ap']:.4f}  sens {m['sensitivity']:.3f}  "
+          f"spec {m['specificity']:.3f}  ({result['train_seconds']:.0f} s) -> "
+          f"{(args.runs_dir or REPO_ROOT / 'runs') / args.name}")
+    return 0
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="evaluate a model on a protocol and compare with baselines")
+    p.add_argument("--model", type=Path, help="detector file (default: the shipped models/default.safetensors)")
+    p.add_argument("--protocol", choices=("inter-patient", "intra-patient"), default="inter-patient")
+    p.add_argument("--dataset", choices=("mitdb", "ecg5000"), default="mitdb",
+                   help="ecg5000: train and evaluate on UCR ECG5000 (normal = class 1)")
+    p.add_argument("--out", type=Path, help="folder for the JSON + Markdown report (default: runs/evaluate-<...>)")
+    p.add_argument("--quick", action="store_true", help="small, fast configs for the trained comparisons")
+    p.add_argument("--no-compare", action="store_true", help="only the given model (and rule-free baselines)")
+    p.add_argument("--save-variants", type=Path, metavar="DIR",
+                   help="save the trained LSTM / GRU / BiLSTM variants (inter-patient) into DIR")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_train_options(p)
+    p.set_defaults(run=_run_evaluate)
+
+
+def _run_evaluate(args) -> int:
+    from ecg_rnn import evaluate as ev
+
+    out = args.out
+    if args.dataset == "ecg5000":
+        report = ev.evaluate_ecg5000(epochs=args.epochs, seed=args.seed or 0, threads=args.threads,
+                                     progress=not args.quiet)
+        out = out or ev.REPO_ROOT / "runs" / "evaluate-ecg5000"
+    else:
+        from ecg_rnn.detector import RecurrentAEDetector, default_model_path
+
+        det = RecurrentAEDetector.load(args.model or default_model_path())
+        report = ev.evaluate_protocol(det, args.protocol, epochs=args.epochs, quick=args.quick,
+                                      compare=not args.no_compare, seed=args.seed or 0, threads=args.threads,
+                                      progress=not args.quiet, save_variants=args.save_variants,
+                                      model_name=str(args.model or default_model_path()))
+        out = out or ev.REPO_ROOT / "runs" / f"evaluate-{args.protocol}"
+    paths = ev.write_report(report, out)
+    print(ev.markdown_table(report))
+    print(f"-> {', '.join(str(p) for p in paths)}")
+    return 0
+
+
+def _add_score(sub) -> None:
+    p = sub.add_parser("score", help="score every beat of recordings; writes a CSV and a WFDB annotation "
+                                     "file (extension .ecgrnn) per record")
+    p.add_argument("records", nargs="+", metavar="RECORD", help="WFDB record path without extension, or a .csv")
+    p.add_argument("--model", type=Path, help="detector file (default: the shipped models/default.safetensors)")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--peaks", choices=("auto", "reference", "detect"), default="detect",
+                   help="beat positions: the R-peak detector (default), reference annotations, or auto")
+    _add_record_options(p)
+    p.set_defaults(run=_run_score)
+
+
+def _run_score(args) -> int:
+    import re
+
+    from ecg_rnn.detector import ANNOTATION_EXTENSION, RecurrentAEDetector, default_model_path, score_record, \
+        write_annotations
+    from ecg_rnn.records import read_record
+
+    det = RecurrentAEDetector.load(args.model or default_model_path())
+    args.out.mkdir(parents=True, exist_ok=True)
+    for path in args.records:
+        record = read_record(path, lead=args.lead, fs=args.fs)
+        try:
+            scored = score_record(det, record, peaks=args.peaks)
+        except ValueError as exc:
+            if isinstance(exc, EcgRnnError):
+                raise
+            raise _BadArgs(f"{record.name}: {exc}") from None
+        name = re.sub(r"[^A-Za-z0-9_-]", "_", record.name) or "record"  # WFDB names: letters, digits, - and _
+        csv = args.out / f"{name}.csv"
+        scored.table().to_csv(csv, index=False)
+        ann = write_annotations(scored, args.out, name, record.fs)
+        print(f"{record.name}: {len(scored.beats)} beats, {int(scored.flagged.sum())} flagged "
+              f"({record.fs:g} Hz, lead {record.lead}) -> {csv}, {ann} (wfdb.rdann(..., "
+              f"'{ANNOTATION_EXTENSION}'))")
+    return 0
+
+
+class _BadArgs(EcgRnnError):
+    """An option value the detector cannot use."""
+
+
+COMMANDS += [_add_train, _add_evaluate, _add_score]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:

@@ -1,0 +1,142 @@
+"""End to end in a real browser: `streamlit run app.py` on a free localhost port, driven by Playwright
+through Debian's Chromium (headless). Uploads a real MIT-BIH record, sees the flagged table, confirms a
+beat and saves a screenshot to test-artifacts/dashboard.png."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "data" / "mitdb-sample"
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = ROOT / "test-artifacts"
+RECORD = "208"
+
+pytestmark = [pytest.mark.browser,
+              pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is not installed")]
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float = 90.0) -> None:
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"streamlit exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as r:
+                if r.read().strip() == b"ok":
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise TimeoutError("streamlit did not become healthy")
+
+
+def _test_model() -> str | None:
+    """The smallest shipped model that loads (as in test_app.py)."""
+    from ecg_rnn import dashboard as dash
+
+    models = dash.available_models()
+    shipped = {k: v for k, v in models.items() if k.endswith("(shipped)")}
+    for pool in (shipped, models):
+        for label in sorted(pool, key=lambda k: pool[k].stat().st_size):
+            try:
+                dash.load_detector(pool[label])
+            except Exception:  # noqa: BLE001
+                continue
+            return label
+    return None
+
+
+@pytest.fixture
+def server(tmp_path):
+    model = _test_model()
+    if model is None:
+        pytest.skip("no trained model")
+    port = _free_port()
+    db = tmp_path / "reviews.sqlite"
+    env = dict(os.environ, ECG_RNN_REVIEWS_DB=str(db), ECG_RNN_MODEL=model, PYTHONUNBUFFERED="1")
+    log = open(tmp_path / "streamlit.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.address", "localhost",
+         "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://localhost:{port}"
+    try:
+        _wait_healthy(url, proc)
+        yield url, db
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+        print((tmp_path / "streamlit.log").read_text()[-3000:])
+
+
+def test_upload_review_screenshot(server):
+    from playwright.sync_api import expect, sync_playwright
+
+    from ecg_rnn.reviews import ReviewStore
+
+    url, db = server
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        try:
+            page = browser.new_page(viewport={"width": 1600, "height": 1800})
+            page.set_default_timeout(120_000)
+            expect.set_options(timeout=120_000)
+            page.goto(url)
+            sidebar = page.get_by_test_id("stSidebar")
+            sidebar.get_by_text("Upload", exact=True).click()
+            uploader = page.locator("input[type=file]")
+            uploader.set_input_files([str(SAMPLE / f"{RECORD}.{e}") for e in ("hea", "dat", "atr")])
+            expect(page.get_by_text("flagged beats, highest score first")).to_be_visible()
+            expect(page.get_by_test_id("stDataFrame").first).to_be_visible()
+            expect(page.get_by_text(f"### {RECORD}").or_(page.get_by_role("heading", name=RECORD)).first) \
+                .to_be_visible()
+            sidebar.get_by_label("Reviewer name").fill("Dr Browser")
+            sidebar.get_by_label("Reviewer name").press("Enter")
+            page.wait_for_timeout(500)
+            page.get_by_role("button", name="Save review").first.click()
+            expect(page.get_by_text("Saved: beat at sample")).to_be_visible()
+            expect(page.get_by_text("Reviewed").first).to_be_visible()
+            page.evaluate("document.querySelectorAll('section').forEach(s => s.scrollTo(0, 0))")
+            page.evaluate("window.scrollTo(0, 0)")
+            page.wait_for_timeout(1500)  # let the charts settle before the screenshot
+            shot = ARTIFACTS / "dashboard.png"
+            page.screenshot(path=str(shot), full_page=True)
+            assert shot.stat().st_size > 20_000
+        finally:
+            browser.close()
+    store = ReviewStore(db)
+    assert store.count() == 1
+    with_review = next(iter(store.get(_only_digest(db)).values()))
+    assert with_review.reviewer == "Dr Browser" and with_review.decision == "abnormal"
+    if os.environ.get("ECG_RNN_UPDATE_SCREENSHOT"):
+        shutil.copy(shot, ROOT / "docs" / "dashboard.png")
+
+
+def _only_digest(db: Path) -> str:
+    import sqlite3
+
+    with sqlite3.connect(db) as con:
+        (digest,) = {r[0] for r in con.execute("SELECT record_digest FROM reviews")}
+    return digest

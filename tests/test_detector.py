@@ -1,0 +1,180 @@
+"""Detector API: fit / score / predict / percentile / save-load, and refusing bad checkpoints."""
+
+import json
+import pickle
+import struct
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ecg_rnn.detector import RecurrentAEDetector, ScoredBeats, default_model_path, score_record, shipped_models
+from ecg_rnn.errors import CheckpointError
+
+# -- a tiny detector trained in seconds on the bundled MIT-BIH sample (100, 208, 232) 
+
+
+SAMPLE = Path(__file__).resolve().parents[1] / "data" / "mitdb-sample"
+
+
+@lru_cache(maxsize=None)
+def sample_beats(name: str):
+    from ecg_rnn.beats import beats_from_record
+    from ecg_rnn.records import read_record
+
+    return beats_from_record(read_record(SAMPLE / name), peaks="reference")
+
+
+def tiny_detector(cell="lstm", bidirectional=False, seed=0):
+    from ecg_rnn.beats import Beats
+    from ecg_rnn.detector import RecurrentAEDetector
+    from ecg_rnn.model import ModelConfig
+    from ecg_rnn.train import TrainConfig
+
+    train = Beats.concat([sample_beats("100"), sample_beats("232")])
+    normal = np.flatnonzero(train.aami == "N")
+    rng = np.random.default_rng(0)
+    train = train.subset(np.sort(rng.choice(normal, 600, replace=False)))
+    det = RecurrentAEDetector(model=ModelConfig(cell=cell, bidirectional=bidirectional, hidden_size=8,
+                                                latent_size=4, step_samples=3),
+                              training=TrainConfig(epochs=2, batch_size=64, max_train_beats=300, seed=seed))
+    return det.fit(train, log=lambda m: None)
+
+
+@pytest.fixture(scope="module")
+def det():
+    return tiny_detector()
+
+
+@pytest.fixture(scope="module")
+def beats208():
+    return sample_beats("208")
+
+
+def test_fit_and_score(det, beats208):
+    s = det.score_samples(beats208)
+    assert s.shape == (len(beats208),) and np.isfinite(s).all()
+    assert np.isfinite(det.threshold_)
+    assert np.all(np.diff(det.normal_scores_) >= 0)
+    assert len(det.labels_) == det.training_data_["n_train_beats"]
+    pred = det.predict(beats208)
+    assert pred.dtype.kind == "i" and set(np.unique(pred)) <= {0, 1}
+    np.testing.assert_array_equal(pred, (s > det.threshold_).astype(int))
+    pct = det.percentile(s)
+    assert pct.min() >= 0 and pct.max() <= 100
+    assert det.decision_function(beats208) is not None
+    # V beats of 208 score higher than its normal beats, even for a 2-epoch toy model
+    assert np.median(s[beats208.aami == "V"]) > np.median(s[beats208.aami == "N"])
+
+
+def test_reconstruct_and_embed(det, beats208):
+    part = beats208.subset(slice(0, 50))
+    recon = det.reconstruct(part, context=beats208)
+    assert recon.shape == part.waves.shape and recon.dtype == np.float32
+    z = det.embed(part, context=beats208)
+    assert z.shape == (50, det.model_config.latent_size) and z.dtype == np.float32
+
+
+def test_context_changes_only_templates(det, beats208):
+    """Scoring a subset with context= gives the same scores as scoring the whole record."""
+    full = det.score_samples(beats208)
+    part = det.score_samples(beats208.subset(slice(100, 200)), context=beats208)
+    np.testing.assert_allclose(part, full[100:200], rtol=1e-5, atol=1e-5)
+
+
+def test_save_load_roundtrip(det, beats208, tmp_path):
+    path = tmp_path / "m.safetensors"
+    det.save(path)
+    back = RecurrentAEDetector.load(path)
+    np.testing.assert_allclose(back.score_samples(beats208), det.score_samples(beats208), rtol=1e-6, atol=1e-6)
+    assert back.threshold_ == det.threshold_
+    assert back.signal_config == det.signal_config and back.beat_config == det.beat_config
+    assert back.model_config == det.model_config
+    np.testing.assert_array_equal(back.normal_scores_, det.normal_scores_)
+    desc = back.describe()
+    assert desc["training_data"]["n_train_beats"] == det.training_data_["n_train_beats"]
+    assert desc["package_version"]
+
+
+def test_tampered_checkpoint_refused(det, tmp_path):
+    path = tmp_path / "m.safetensors"
+    det.save(path)
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0x55  # flip bits in the last tensor
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="digest"):
+        RecurrentAEDetector.load(bad)
+    # edit the threshold in the metadata, keeping the header length
+    n = struct.unpack("<Q", bytes(data[:8]))[0]
+    header = json.loads(path.read_bytes()[8:8 + n])
+    meta = json.loads(header["__metadata__"]["detector"])
+    meta["threshold"] = meta["threshold"] + 1
+    header["__metadata__"]["detector"] = json.dumps(meta, sort_keys=True)
+    raw = json.dumps(header).encode()
+    edited = struct.pack("<Q", len(raw)) + raw + path.read_bytes()[8 + n:]
+    (tmp_path / "edited.safetensors").write_bytes(edited)
+    with pytest.raises(CheckpointError):
+        RecurrentAEDetector.load(tmp_path / "edited.safetensors")
+    (tmp_path / "short.safetensors").write_bytes(path.read_bytes()[:100])
+    with pytest.raises(CheckpointError):
+        RecurrentAEDetector.load(tmp_path / "short.safetensors")
+
+
+def test_foreign_files_refused(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(3)}, str(tmp_path / "foreign.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match="not an ecg-rnn detector"):
+        RecurrentAEDetector.load(tmp_path / "foreign.safetensors")
+    (tmp_path / "text.safetensors").write_text("hello, not a model")
+    with pytest.raises(CheckpointError):
+        RecurrentAEDetector.load(tmp_path / "text.safetensors")
+    with pytest.raises(CheckpointError, match="not found"):
+        RecurrentAEDetector.load(tmp_path / "missing.safetensors")
+
+
+class _Evil:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_malicious_pickle_not_executed(tmp_path):
+    import torch
+
+    marker = tmp_path / "pwned"
+    for name, write in (("evil.pkl", lambda p: p.write_bytes(pickle.dumps(_Evil(marker)))),
+                        ("evil.pt", lambda p: torch.save({"x": _Evil(marker)}, p)),
+                        ("evil.safetensors", lambda p: p.write_bytes(pickle.dumps(_Evil(marker))))):
+        path = tmp_path / name
+        write(path)
+        assert not marker.exists()
+        with pytest.raises(CheckpointError):
+            RecurrentAEDetector.load(path)
+        assert not marker.exists(), f"{name}: loading executed code"
+
+
+def test_score_record_table(det):
+    from ecg_rnn.records import read_record
+
+    scored = score_record(det, read_record(SAMPLE / "100"), peaks="reference")
+    assert isinstance(scored, ScoredBeats)
+    table = scored.table()
+    assert list(table.columns) == ["sample", "time_s", "rr_prev_s", "score", "percentile", "flagged",
+                                   "ref_symbol", "ref_aami"]
+    assert len(table) == len(scored.beats) and table["flagged"].dtype == bool
+
+
+def test_shipped_default_loads():
+    models = shipped_models()
+    if "default" not in models:
+        pytest.skip("no shipped default model")
+    assert models["default"] == default_model_path()
+    det = RecurrentAEDetector.load(default_model_path())
+    s = det.score_samples(sample_beats("208"))
+    assert np.isfinite(s).all()
