@@ -107,6 +107,13 @@ def command_line() -> str:
     return shlex.join([str(python), "-m", "benchmarks.rpeaks", *sys.argv[1:]])
 
 
+def load_average() -> str:
+    try:
+        return "load average " + " / ".join(f"{v:.2f}" for v in os.getloadavg()) + " (1 / 5 / 15 min) at the end"
+    except (AttributeError, OSError):
+        return "load average unknown"
+
+
 def markdown(scores: list[RecordScore], folder: Path, command: str, runs: int) -> str:
     tp, fn, fp = (sum(getattr(s, k) for s in scores) for k in ("tp", "fn", "fp"))
     n = sum(s.reference for s in scores)
@@ -116,7 +123,7 @@ def markdown(scores: list[RecordScore], folder: Path, command: str, runs: int) -
         "",
         f"- command: `{command}`",
         f"- machine: {cpu_model()}, {os.cpu_count()} logical cores; Python {platform.python_version()}, "
-        f"NumPy {np.__version__}",
+        f"NumPy {np.__version__}; {load_average()}",
         f"- database: `{folder}` ({len(scores)} records, channel 0, whole records)",
         f"- matching: `wfdb.processing.compare_annotations`, {WINDOW_S * 1000:.0f} ms window, reference = beat "
         f"annotations ({''.join(sorted(BEAT_SYMBOLS))}); detections within {WINDOW_S:g} s of either end ignored",

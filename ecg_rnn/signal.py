@@ -184,10 +184,11 @@ def _qrs_features(xd: np.ndarray, fw: float) -> tuple[np.ndarray, np.ndarray, np
     deriv[0], deriv[-1] = deriv[1], deriv[-2]
     w = max(1, int(round(_MWI_S * fw)))
     h = w // 2
-    cum = np.zeros(len(deriv) + w + 1)
-    np.cumsum(deriv * deriv, out=cum[1 + h:1 + h + len(deriv)])
-    cum[1 + h + len(deriv):] = cum[h + len(deriv)]
-    energy = (cum[w:w + len(deriv)] - cum[:len(deriv)]) * (1.0 / w)
+    cum = np.zeros(len(deriv) + w + 1)  # running sum of the zero-padded squared derivative
+    np.square(deriv, out=cum[1 + h:1 + h + len(deriv)])
+    np.cumsum(cum, out=cum)
+    energy = cum[w:w + len(deriv)] - cum[:len(deriv)]
+    energy *= 1.0 / w
     return band, deriv, energy
 
 
