@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from fractions import Fraction
 
 import numpy as np
 from scipy.ndimage import median_filter
 
 from ecg_rnn.errors import SignalError
-from ecg_rnn.records import Record
 from ecg_rnn import signal as ecg_signal
-from ecg_rnn.signal import SignalConfig, preprocess
+from ecg_rnn.records import Annotations, Record, WfdbSource, open_wfdb, read_annotations
+from ecg_rnn.signal import SignalConfig, preprocess, resample_ratio
 
 AAMI_CLASSES = ("N", "S", "V", "F", "Q")
 # MIT-BIH symbol -> AAMI class (ANSI/AAMI EC57). B, n, r and ? are rare extras mapped as EC57 does.
@@ -24,6 +25,8 @@ AAMI_OF_SYMBOL = {
 BEAT_SYMBOLS = frozenset(AAMI_OF_SYMBOL)
 RR_FEATURES = ("rr_prev_s", "rr_next_s", "rr_local_s", "rr_prev_ratio", "rr_next_ratio")
 MATCH_TOLERANCE_S = 0.15  # a detected beat takes the label of a reference beat this close
+CHUNK_S = 1800.0  # long recordings are cut in half-hour chunks...
+MARGIN_S = 20.0  # ...read with this much overlap on each side
 
 
 @dataclass(frozen=True)
@@ -95,11 +98,15 @@ def aami_class(symbols: np.ndarray) -> np.ndarray:
 
 def reference_beats(record: Record) -> tuple[np.ndarray, np.ndarray]:
     """Beat annotations only (rhythm, noise and comment annotations are dropped)."""
-    ann = record.annotations
+    return reference_beats_of(record.annotations)
+
+
+def reference_beats_of(ann: Annotations | None) -> tuple[np.ndarray, np.ndarray]:
     if ann is None:
         return np.array([], dtype=np.int64), np.array([], dtype=str)
     keep = np.isin(ann.symbol, list(BEAT_SYMBOLS))
-    return ann.sample[keep], ann.symbol[keep]
+    order = np.argsort(ann.sample[keep], kind="stable")  # a hand-made file need not be sorted
+    return ann.sample[keep][order], ann.symbol[keep][order]
 
 
 def match_reference(peaks: np.ndarray, ref_sample: np.ndarray, ref_symbol: np.ndarray,
@@ -153,29 +160,90 @@ def normalise(waves: np.ndarray, how: str) -> np.ndarray:
     return (centred / np.maximum(scale, 1e-6)).astype(np.float32)
 
 
-def beats_from_record(record: Record, signal_config: SignalConfig = SignalConfig(),
-                      beat_config: BeatConfig = BeatConfig(), peaks: str = "auto") -> Beats:
-    """Cut every beat of a record.
+def chunk_bounds(n: int, fs: float, align: int, chunk_s: float = CHUNK_S, margin_s: float = MARGIN_S):
+    """(core_start, core_stop, read_start, read_stop) per chunk. Reads overlap by a margin so filters
+    and the detector's adaptive thresholds settle before the core; starts are multiples of `align`
+    (the resampler's down factor) so resampled chunks line up sample for sample with the whole."""
+    size = max(align, int(chunk_s * fs) // align * align)
+    margin = -(-int(margin_s * fs) // align) * align
+    for start in range(0, n, size):
+        stop = min(n, start + size)
+        yield start, stop, max(0, start - margin), min(n, stop + margin)
+
+
+def cut_beats(read, n: int, fs: float, name: str, ref_sample: np.ndarray, ref_symbol: np.ndarray,
+              signal_config: SignalConfig, beat_config: BeatConfig, peaks: str = "auto",
+              chunk_s: float = CHUNK_S) -> Beats:
+    """Beats of a signal of n samples that `read(start, stop)` returns in mV, a chunk at a time.
 
     peaks: "reference" uses the annotated beats (the evaluation protocols); "detect" runs the R-peak
     detector and labels matched beats from the annotations; "auto" is reference when annotations exist.
     """
-    ref_sample, ref_symbol = reference_beats(record)
     use_reference = peaks == "reference" or (peaks == "auto" and len(ref_sample) > 0)
     if peaks == "reference" and len(ref_sample) == 0:
-        raise SignalError(f"{record.name}: has no reference beat annotations; use detected R-peaks")
-    if use_reference:
-        sample, symbol = ref_sample, ref_symbol
-    else:
-        sample = ecg_signal.detect_r_peaks(record.signal, record.fs)
-        symbol = match_reference(sample, ref_sample, ref_symbol, int(MATCH_TOLERANCE_S * record.fs))
-    if len(sample) < 3:
-        raise SignalError(f"{record.name}: found {len(sample)} beat(s); at least 3 are needed")
-    x = preprocess(record.signal, record.fs, signal_config)
+        raise SignalError(f"{name}: has no reference beat annotations; use detected R-peaks")
+    ratio = resample_ratio(fs, signal_config.fs) if fs != signal_config.fs else Fraction(1)
     pre, post = beat_config.window_samples(signal_config.fs)
-    centres = np.clip(np.round(sample * (signal_config.fs / record.fs)).astype(np.int64), 0, len(x) - 1)
-    waves = normalise(cut_windows(x, centres, pre, post), beat_config.normalisation)
-    time_s = sample / record.fs
-    return Beats(record=np.full(len(sample), record.name), sample=sample.astype(np.int64), time_s=time_s,
-                 waves=waves, rr=rr_context(time_s, beat_config.rr_local_beats),
-                 symbol=np.asarray(symbol, dtype=str), aami=aami_class(np.asarray(symbol, dtype=str)))
+    bounds = list(chunk_bounds(n, fs, ratio.denominator, chunk_s))
+    samples, windows = [], []
+    for start, stop, lo, hi in bounds:
+        x = bridge_gaps(read(lo, hi))
+        if use_reference:
+            found = ref_sample[(ref_sample >= start) & (ref_sample < stop)]
+        else:
+            try:
+                found = ecg_signal.detect_r_peaks(x, fs) + lo
+            except SignalError:
+                if len(bounds) == 1:
+                    raise
+                continue  # a flat or beatless stretch inside a long recording
+            found = found[(found >= start) & (found < stop)]
+        filtered = preprocess(x, fs, signal_config)
+        offset = lo * ratio.numerator // ratio.denominator  # exact: lo is a multiple of the denominator
+        centres = np.clip(np.round(found * (signal_config.fs / fs)).astype(np.int64) - offset, 0,
+                          len(filtered) - 1)
+        samples.append(found.astype(np.int64))
+        windows.append(cut_windows(filtered, centres, pre, post))
+    sample = np.concatenate(samples)
+    if len(sample) < 3:
+        raise SignalError(f"{name}: found {len(sample)} beat(s); at least 3 are needed")
+    symbol = ref_symbol[np.searchsorted(ref_sample, sample)] if use_reference else match_reference(
+        sample, ref_sample, ref_symbol, int(MATCH_TOLERANCE_S * fs))
+    symbol = np.asarray(symbol, dtype=str)
+    time_s = sample / fs
+    return Beats(record=np.full(len(sample), name), sample=sample, time_s=time_s,
+                 waves=normalise(np.concatenate(windows), beat_config.normalisation),
+                 rr=rr_context(time_s, beat_config.rr_local_beats), symbol=symbol, aami=aami_class(symbol))
+
+
+def bridge_gaps(x: np.ndarray) -> np.ndarray:
+    """Invalid samples (NaN) bridged linearly; an all-invalid stretch becomes the baseline (0)."""
+    bad = ~np.isfinite(x)
+    if not bad.any():
+        return x
+    if bad.all():
+        return np.zeros_like(x)
+    idx = np.arange(len(x))
+    return np.interp(idx, idx[~bad], x[~bad])
+
+
+def beats_from_record(record: Record, signal_config: SignalConfig = SignalConfig(),
+                      beat_config: BeatConfig = BeatConfig(), peaks: str = "auto",
+                      chunk_s: float = CHUNK_S) -> Beats:
+    """Cut every beat of a record held in memory (see cut_beats for `peaks`)."""
+    ref_sample, ref_symbol = reference_beats(record)
+    return cut_beats(lambda start, stop: record.signal[start:stop], record.sig_len, record.fs, record.name,
+                     ref_sample, ref_symbol, signal_config, beat_config, peaks, chunk_s)
+
+
+def beats_from_wfdb(path, signal_config: SignalConfig = SignalConfig(), beat_config: BeatConfig = BeatConfig(),
+                    peaks: str = "auto", lead: str | int | None = None, annotator: str = "atr",
+                    chunk_s: float = CHUNK_S) -> tuple[Beats, WfdbSource]:
+    """Cut every beat of a WFDB record on disk, reading it a chunk at a time (24-hour Holter
+    recordings stay within a bounded memory); equal to beats_from_record on the whole record."""
+    source = open_wfdb(path, lead)
+    annotations = read_annotations(source.path, annotator, source.sig_len)
+    ref_sample, ref_symbol = reference_beats_of(annotations)
+    beats = cut_beats(source.read, source.sig_len, source.fs, source.path.name, ref_sample, ref_symbol,
+                      signal_config, beat_config, peaks, chunk_s)
+    return beats, source

@@ -81,9 +81,33 @@ def read_record(path: str | os.PathLike, lead: str | int | None = None, fs: floa
     p = Path(path)
     if p.suffix.lower() in (".csv", ".txt"):
         return read_csv(p, fs=fs, lead=lead)
+    if p.suffix.lower() == ".zip":
+        return read_zip(p, fs=fs, lead=lead)
     if p.suffix.lower() in (".hea", ".dat", ".atr"):
         p = p.with_suffix("")
     return read_wfdb(p, lead=lead, annotator=annotator)
+
+
+def read_zip(path: str | os.PathLike, fs: float | None = None, lead: str | int | None = None) -> Record:
+    """Read the (first) record of a .zip through the dashboard's upload protections: members are
+    extracted into a private temporary folder (no traversal, symlinks, nested archives or bombs)."""
+    import dataclasses
+
+    from ecg_rnn.uploads import MAX_UPLOAD_BYTES, UploadedFile, UploadError, read_upload, safe_name
+
+    p = Path(path)
+    if not p.is_file():
+        raise RecordError(f"{p.name}: file not found")
+    size = p.stat().st_size
+    if size > MAX_UPLOAD_BYTES:
+        raise RecordError(f"{p.name}: {size >> 20} MiB is larger than the {MAX_UPLOAD_BYTES >> 20} MiB archive "
+                          "limit; extract it and pass the record's header")
+    try:
+        name = safe_name(p.name)
+    except UploadError:
+        name = "archive.zip"
+    record, info = read_upload([UploadedFile(name, p.read_bytes())], fs=fs, lead=lead)
+    return dataclasses.replace(record, source=f"{p}:{info.chosen}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -91,9 +115,12 @@ def read_record(path: str | os.PathLike, lead: str | int | None = None, fs: floa
 
 
 def _read_header_text(hea: Path) -> str:
+    if hea.is_symlink():
+        raise RecordError(f"{hea.name}: header is a symbolic link; refusing to follow it (copy the record's "
+                          "files into one folder)")
     if not hea.is_file():
         raise RecordError(f"{hea.name}: header file not found; pass a WFDB record path without "
-                          "extension (e.g. data/mitdb/100) or a .csv file")
+                          "extension (e.g. data/mitdb/100), a .csv or a .zip file")
     size = hea.stat().st_size
     if size > MAX_HEADER_BYTES:
         raise RecordError(f"{hea.name}: header is {size} bytes, too large for a WFDB header")
@@ -119,6 +146,12 @@ def _check_file_name(file_name: str, header: str) -> None:
 def _check_header_file_names(text: str, header: str) -> None:
     """Vet the signal file names in the raw text, before wfdb parses (and maybe opens) them."""
     lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    # refuse absurd channel counts before wfdb parses thousands of lines
+    first = lines[0].split() if lines else []
+    claimed = int(first[1]) if len(first) > 1 and first[1].isdigit() and len(first[1]) < 12 else 0
+    if max(claimed, len(lines) - 1) > MAX_CHANNELS and "/" not in (first[0] if first else ""):
+        raise RecordError(f"{header}: header claims {max(claimed, len(lines) - 1)} signals; at most "
+                          f"{MAX_CHANNELS} are supported")
     for line in lines[1:MAX_CHANNELS + 1]:
         _check_file_name(line.split()[0], header)
 
@@ -208,7 +241,7 @@ def choose_lead(sig_name: list[str], units: list[str], lead: str | int | None, w
 
 
 def _validated_signal(x: np.ndarray, fs: float, where: str) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
+    x = np.array(x, dtype=np.float64)  # a copy: pandas hands out read-only views, and gaps are filled in place
     bad = ~np.isfinite(x)
     if bad.all():
         raise RecordError(f"{where}: the signal holds no valid samples (all NaN)")
@@ -226,8 +259,39 @@ def _validated_signal(x: np.ndarray, fs: float, where: str) -> np.ndarray:
     return x.astype(np.float32)
 
 
-def read_wfdb(path: str | os.PathLike, lead: str | int | None = None, annotator: str = "atr") -> Record:
-    """Read one lead of a single-segment WFDB record, plus its annotations when the file exists."""
+@dataclass(frozen=True)
+class WfdbSource:
+    """A validated single-segment WFDB record whose chosen lead can be read in slices (long Holter
+    recordings are processed in chunks, never loaded whole)."""
+
+    path: Path
+    fs: float
+    sig_len: int
+    channel: int
+    sig_name: tuple[str, ...]
+    units: str
+    to_mv: float
+
+    @property
+    def lead(self) -> str:
+        return self.sig_name[self.channel]
+
+    def read(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Samples [start, stop) of the chosen lead in mV (float64; invalid samples are NaN)."""
+        import wfdb
+
+        stop = self.sig_len if stop is None else min(stop, self.sig_len)
+        try:
+            rec = wfdb.rdrecord(str(self.path), channels=[self.channel], sampfrom=start, sampto=stop,
+                                physical=True)
+        except Exception as exc:
+            raise RecordError(f"{self.path.name}.hea: signal file could not be decoded ({type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0][:120] if str(exc) else ''})") from None
+        return rec.p_signal[:, 0] * self.to_mv
+
+
+def open_wfdb(path: str | os.PathLike, lead: str | int | None = None) -> WfdbSource:
+    """Validate a WFDB header and its signal files without reading the samples."""
     import wfdb  # deferred: wfdb pulls in pandas/matplotlib at import time
 
     p = Path(path)
@@ -243,21 +307,22 @@ def read_wfdb(path: str | os.PathLike, lead: str | int | None = None, annotator:
                           f"first line: {first!r}") from None
     _check_header(h, hea.name)
     sig_len = _check_signal_files(h, p.parent, hea.name)
-    channel = choose_lead(h.sig_name or [f"sig{i}" for i in range(h.n_sig)], h.units or [], lead, hea.name)
-    try:
-        rec = wfdb.rdrecord(str(p), channels=[channel], sampto=sig_len, physical=True)
-    except Exception as exc:
-        raise RecordError(f"{hea.name}: signal file could not be decoded ({type(exc).__name__}: "
-                          f"{str(exc).splitlines()[0][:120] if str(exc) else ''})") from None
-    units = (rec.units or ["mV"])[0] or "mV"
-    scale = UNIT_TO_MV.get(units.strip().lower(), 1.0)
-    signal = _validated_signal(rec.p_signal[:, 0] * scale, float(h.fs), hea.name)
-    annotations = read_annotations(p, annotator, sig_len)
     names = tuple(str(n) for n in (h.sig_name or [f"sig{i}" for i in range(h.n_sig)]))
-    return Record(name=p.name, signal=signal, fs=float(h.fs), lead=names[channel], sig_name=names,
-                  units="mV" if scale != 1.0 or units.lower() == "mv" else units,
-                  annotations=annotations, source=str(p),
-                  digest=content_digest(signal, float(h.fs), annotations))
+    channel = choose_lead(list(names), h.units or [], lead, hea.name)
+    units = ((h.units or [])[channel:channel + 1] or ["mV"])[0] or "mV"
+    to_mv = UNIT_TO_MV.get(units.strip().lower(), 1.0)
+    return WfdbSource(path=p, fs=float(h.fs), sig_len=sig_len, channel=channel, sig_name=names,
+                      units="mV" if units.strip().lower() in UNIT_TO_MV else units, to_mv=to_mv)
+
+
+def read_wfdb(path: str | os.PathLike, lead: str | int | None = None, annotator: str = "atr") -> Record:
+    """Read one lead of a single-segment WFDB record, plus its annotations when the file exists."""
+    source = open_wfdb(path, lead)
+    signal = _validated_signal(source.read(), source.fs, f"{source.path.name}.hea")
+    annotations = read_annotations(source.path, annotator, source.sig_len)
+    return Record(name=source.path.name, signal=signal, fs=source.fs, lead=source.lead,
+                  sig_name=source.sig_name, units=source.units, annotations=annotations,
+                  source=str(source.path), digest=content_digest(signal, source.fs, annotations))
 
 
 def read_annotations(path: Path, annotator: str, sig_len: int) -> Annotations | None:

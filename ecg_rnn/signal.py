@@ -32,11 +32,16 @@ def bandpass(x: np.ndarray, fs: float, low_hz: float, high_hz: float, order: int
     return sps.sosfiltfilt(sos, x, padlen=padlen).astype(np.float32)
 
 
+def resample_ratio(fs_in: float, fs_out: float) -> Fraction:
+    """fs_out / fs_in as the nearest small fraction up / down (the polyphase factors)."""
+    return Fraction(fs_out / fs_in).limit_denominator(1000)
+
+
 def resample(x: np.ndarray, fs_in: float, fs_out: float) -> np.ndarray:
     """Polyphase resampling by the nearest small rational ratio."""
     if fs_in == fs_out:
         return np.asarray(x, dtype=np.float32)
-    ratio = Fraction(fs_out / fs_in).limit_denominator(1000)
+    ratio = resample_ratio(fs_in, fs_out)
     return sps.resample_poly(x, ratio.numerator, ratio.denominator).astype(np.float32)
 
 
