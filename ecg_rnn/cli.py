@@ -174,6 +174,7 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--no-compare", action="store_true", help="only the given model (and rule-free baselines)")
     p.add_argument("--save-variants", type=Path, metavar="DIR",
                    help="save the trained LSTM / GRU / BiLSTM variants (inter-patient) into DIR")
+    p.add_argument("--folds", type=int, help="intra-patient: evaluate only the first N of the 5 folds")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_train_options(p)
     p.set_defaults(run=_run_evaluate)
@@ -194,7 +195,8 @@ def _run_evaluate(args) -> int:
         report = ev.evaluate_protocol(det, args.protocol, epochs=args.epochs, quick=args.quick,
                                       compare=not args.no_compare, seed=args.seed or 0, threads=args.threads,
                                       progress=not args.quiet, save_variants=args.save_variants,
-                                      model_name=str(args.model or default_model_path()))
+                                      model_name=str(args.model or default_model_path()),
+                                      folds=args.folds, max_beats=args.max_beats)
         out = out or ev.REPO_ROOT / "runs" / f"evaluate-{args.protocol}"
     paths = ev.write_report(report, out)
     print(ev.markdown_table(report))

@@ -152,6 +152,9 @@ def _check_header_file_names(text: str, header: str) -> None:
     if max(claimed, len(lines) - 1) > MAX_CHANNELS and "/" not in (first[0] if first else ""):
         raise RecordError(f"{header}: header claims {max(claimed, len(lines) - 1)} signals; at most "
                           f"{MAX_CHANNELS} are supported")
+    if len(first) > 2 and not re.match(r"^\d*\.?\d", first[2]):  # wfdb silently falls back to 250 Hz
+        raise RecordError(f"{header}: not a valid WFDB header: the sampling rate {first[2][:20]!r} in its "
+                          "record line is not a number")
     for line in lines[1:MAX_CHANNELS + 1]:
         _check_file_name(line.split()[0], header)
 
@@ -184,6 +187,9 @@ def _check_header(h, hea_name: str) -> None:
     if h.sig_len is not None and h.sig_len > MAX_SAMPLES:
         raise RecordError(f"{hea_name}: header claims {h.sig_len} samples per signal; at most "
                           f"{MAX_SAMPLES} are supported")
+    if any(int(spf or 1) != 1 for spf in (h.samps_per_frame or [])):
+        raise RecordError(f"{hea_name}: signals with several samples per frame (multi-frequency records) are "
+                          "not supported; resample them to one rate first")
     for fmt in h.fmt:
         if str(fmt) not in READABLE_FORMATS:
             raise RecordError(f"{hea_name}: storage format {fmt!r} is not supported "
@@ -307,6 +313,9 @@ def open_wfdb(path: str | os.PathLike, lead: str | int | None = None) -> WfdbSou
                           f"first line: {first!r}") from None
     _check_header(h, hea.name)
     sig_len = _check_signal_files(h, p.parent, hea.name)
+    if not h.sig_len:  # wfdb cannot read a slice of a record whose header gives no length
+        raise RecordError(f"{hea.name}: the record line gives no signal length; add it as the 4th field "
+                          f"(the signal file holds {sig_len} samples)")
     names = tuple(str(n) for n in (h.sig_name or [f"sig{i}" for i in range(h.n_sig)]))
     channel = choose_lead(list(names), h.units or [], lead, hea.name)
     units = ((h.units or [])[channel:channel + 1] or ["mV"])[0] or "mV"

@@ -6,18 +6,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from browser_helpers import CHROMIUM, CHROMIUM_ARGS, ROOT, smallest_model, streamlit_server
+
 SAMPLE = ROOT / "data" / "mitdb-sample"
-CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = ROOT / "test-artifacts"
 RECORD = "208"
 
@@ -25,67 +20,13 @@ pytestmark = [pytest.mark.browser,
               pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is not installed")]
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
-def _wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float = 90.0) -> None:
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"streamlit exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as r:
-                if r.read().strip() == b"ok":
-                    return
-        except OSError:
-            time.sleep(0.3)
-    raise TimeoutError("streamlit did not become healthy")
-
-
-def _test_model() -> str | None:
-    """The smallest shipped model that loads (as in test_app.py)."""
-    from ecg_rnn import dashboard as dash
-
-    models = dash.available_models()
-    shipped = {k: v for k, v in models.items() if k.endswith("(shipped)")}
-    for pool in (shipped, models):
-        for label in sorted(pool, key=lambda k: pool[k].stat().st_size):
-            try:
-                dash.load_detector(pool[label])
-            except Exception:  # noqa: BLE001
-                continue
-            return label
-    return None
-
-
 @pytest.fixture
 def server(tmp_path):
-    model = _test_model()
+    model = smallest_model()
     if model is None:
         pytest.skip("no trained model")
-    port = _free_port()
-    db = tmp_path / "reviews.sqlite"
-    env = dict(os.environ, ECG_RNN_REVIEWS_DB=str(db), ECG_RNN_MODEL=model, PYTHONUNBUFFERED="1")
-    log = open(tmp_path / "streamlit.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.address", "localhost",
-         "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://localhost:{port}"
-    try:
-        _wait_healthy(url, proc)
+    with streamlit_server(tmp_path, model) as (url, db, _log):
         yield url, db
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
-        print((tmp_path / "streamlit.log").read_text()[-3000:])
 
 
 def test_upload_review_screenshot(server):
@@ -96,9 +37,7 @@ def test_upload_review_screenshot(server):
     url, db = server
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1600, "height": 1800})
             page.set_default_timeout(120_000)

@@ -48,7 +48,7 @@ def test_evaluate_cli_tiny(tmp_path, monkeypatch, capsys):
     det.save(tmp_path / "tiny.safetensors")
     out = tmp_path / "report"
     rc = main(["evaluate", "--model", str(tmp_path / "tiny.safetensors"), "--protocol", "inter-patient",
-               "--quick", "--epochs", "1", "--out", str(out), "--quiet"])
+               "--quick", "--epochs", "1", "--max-beats", "300", "--out", str(out), "--quiet"])
     assert rc == 0
     report = json.loads((out / "inter-patient.json").read_text())
     names = [r["name"] for r in report["rows"]]

@@ -1,11 +1,13 @@
-"""Property-based fuzzing of the record readers: only RecordError escapes, and no file outside the
-record's folder is ever opened (watched with a Python audit hook)."""
+"""Property-based fuzzing of the record readers: only RecordError escapes, no file outside the
+record's folder is ever opened (watched with a Python audit hook), and memory stays bounded (tracemalloc
+peak; numpy and pandas report their buffers to it)."""
 
 from __future__ import annotations
 
 import os
 import sys
 import tempfile
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -33,15 +35,22 @@ sys.addaudithook(_audit)  # audit hooks cannot be removed; it is inert while _wa
 read_record(Path(__file__).resolve().parents[1] / "data" / "mitdb-sample" / "100")
 
 
+MAX_PEAK_BYTES = 64 << 20  # inputs are a few KiB: any allocation near this follows a hostile size claim
+
+
 def _read_watched(folder: Path, reader):
     _watch["folder"], _watch["outside"] = os.path.realpath(folder), []
+    tracemalloc.start()
     try:
         reader()
     except RecordError as exc:
         assert str(exc) and "\n" not in str(exc)
     finally:
         _watch["folder"] = None
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
     assert not _watch["outside"], f"opened files outside the record folder: {_watch['outside']}"
+    assert peak < MAX_PEAK_BYTES, f"reading a few KiB allocated {peak >> 20} MiB"
 
 
 file_names = st.one_of(st.sampled_from(["rec.dat", "../rec.dat", "/etc/hostname", "sub/rec.dat", "..", "~",

@@ -41,3 +41,25 @@ def test_plain_has_no_context_inputs():
 def test_bad_config(bad):
     with pytest.raises(ValueError):
         ModelConfig(**bad)
+
+
+def test_training_resume(tmp_path):
+    """Best-checkpoint state is saved every epoch (weights-only) and --resume continues from it."""
+    import numpy as np
+
+    from ecg_rnn.train import RESUME_FILE, TrainConfig, fit_autoencoder
+
+    rng = np.random.default_rng(0)
+    data = {"wave": rng.normal(size=(64, 90)).astype(np.float32), "template": np.zeros((64, 90), np.float32),
+            "rr": np.zeros((64, 3), np.float32)}
+    cfg = ModelConfig(hidden_size=4, latent_size=2)
+    logs = []
+    h2 = fit_autoencoder(RecurrentAutoencoder(cfg), data, data, TrainConfig(epochs=2, batch_size=32, patience=9),
+                         run_dir=tmp_path, progress=False, log=logs.append)
+    assert (tmp_path / RESUME_FILE).is_file() and len(h2) == 2
+    torch.load(tmp_path / RESUME_FILE, weights_only=True)  # loadable without unpickling code
+    h3 = fit_autoencoder(RecurrentAutoencoder(cfg), data, data, TrainConfig(epochs=3, batch_size=32, patience=9),
+                         run_dir=tmp_path, resume=True, progress=False, log=logs.append)
+    assert [h["epoch"] for h in h3] == [1, 2, 3]
+    assert h3[:2] == h2
+    assert any("resumed" in m for m in logs)
