@@ -38,7 +38,7 @@ from ecg_rnn.errors import CheckpointError
 from ecg_rnn.model import ModelConfig, RecurrentAutoencoder
 from ecg_rnn.records import Record
 from ecg_rnn.signal import SignalConfig
-from ecg_rnn.train import TrainConfig, batch_errors, fit_autoencoder, resolve_device, seed_everything
+from ecg_rnn.train import TrainConfig, batch_errors, fit_autoencoder, seed_everything
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODELS_DIR = REPO_ROOT / "models"

@@ -109,7 +109,6 @@ def zip_declaring(members: dict[str, bytes], declared: int) -> bytes:
     """A stored (uncompressed) zip whose central directory claims each member is `declared` bytes."""
     import struct
 
-    data = bytearray()
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
         for n, d in members.items():

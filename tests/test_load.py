@@ -136,3 +136,7 @@ def test_concurrent_sessions_finish_and_health_answers(tmp_path):
     assert len(poller.latencies) >= elapsed / 0.5 * 0.5, "the health poller did not keep polling"
     assert not poller.failures, poller.failures
     assert "Traceback" not in log.read_text()
+    if db.exists():  # the app opened the review store while hostile uploads came and went: intact
+        from ecg_rnn.reviews import ReviewStore
+
+        assert ReviewStore(db).integrity_ok()
