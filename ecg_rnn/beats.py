@@ -27,6 +27,7 @@ RR_FEATURES = ("rr_prev_s", "rr_next_s", "rr_local_s", "rr_prev_ratio", "rr_next
 MATCH_TOLERANCE_S = 0.15  # a detected beat takes the label of a reference beat this close
 CHUNK_S = 1800.0  # long recordings are cut in half-hour chunks...
 MARGIN_S = 20.0  # ...read with this much overlap on each side
+MIN_TEMPLATE_SIMILARITY = 0.3  # see template_similarity
 
 
 @dataclass(frozen=True)
@@ -210,10 +211,29 @@ def cut_beats(read, n: int, fs: float, name: str, ref_sample: np.ndarray, ref_sy
     symbol = ref_symbol[np.searchsorted(ref_sample, sample)] if use_reference else match_reference(
         sample, ref_sample, ref_symbol, int(MATCH_TOLERANCE_S * fs))
     symbol = np.asarray(symbol, dtype=str)
+    raw = np.concatenate(windows)
+    if not use_reference:
+        check_beats_resemble(raw, name)
     time_s = sample / fs
     return Beats(record=np.full(len(sample), name), sample=sample, time_s=time_s,
-                 waves=normalise(np.concatenate(windows), beat_config.normalisation),
+                 waves=normalise(raw, beat_config.normalisation),
                  rr=rr_context(time_s, beat_config.rr_local_beats), symbol=symbol, aami=aami_class(symbol))
+
+
+def template_similarity(waves: np.ndarray) -> float:
+    """Median correlation of the beats with their median beat: 0.82-0.99 on every MIT-BIH record,
+    below 0.1 for white noise, where a detector finds "beats" that share no shape."""
+    centred = waves - waves.mean(axis=1, keepdims=True)
+    template = np.median(centred, axis=0)
+    norms = np.linalg.norm(centred, axis=1) * np.linalg.norm(template)
+    return float(np.median(centred @ template / np.maximum(norms, 1e-12)))
+
+
+def check_beats_resemble(waves: np.ndarray, name: str) -> None:
+    similarity = template_similarity(waves)
+    if similarity < MIN_TEMPLATE_SIMILARITY:
+        raise SignalError(f"{name}: the detected beats share no common shape (median correlation "
+                          f"{similarity:.2f} with the median beat); the signal looks like noise, not an ECG lead")
 
 
 def bridge_gaps(x: np.ndarray) -> np.ndarray:

@@ -141,3 +141,22 @@ def test_chunked_reading_equals_the_whole_record(tmp_path, sample_dir, peaks):
     assert np.array_equal(chunked.symbol, whole.symbol)
     assert np.allclose(chunked.waves, whole.waves, atol=1e-5)
     assert np.allclose(chunked.rr, whole.rr)
+
+
+@pytest.mark.parametrize("noise", ["normal", "uniform"])
+def test_pure_noise_is_refused(noise):
+    from ecg_rnn.records import Record
+
+    rng = np.random.default_rng(3)
+    x = (rng.normal(0, 0.5, 60 * 360) if noise == "normal" else rng.uniform(-1, 1, 60 * 360)).astype(np.float32)
+    record = Record(name="noise", signal=x, fs=360.0, lead="II", sig_name=("II",), units="mV")
+    with pytest.raises(SignalError, match="looks like noise, not an ECG lead"):
+        beats_from_record(record, peaks="detect")
+
+
+def test_real_records_resemble_their_median_beat(sample_dir):
+    from ecg_rnn.beats import template_similarity
+
+    for name in ("100", "208", "232"):
+        beats = beats_from_record(read_record(sample_dir / name), peaks="detect")
+        assert template_similarity(beats.waves) > 0.8
