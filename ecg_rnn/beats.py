@@ -10,7 +10,8 @@ from scipy.ndimage import median_filter
 
 from ecg_rnn.errors import SignalError
 from ecg_rnn import signal as ecg_signal
-from ecg_rnn.records import Annotations, Record, WfdbSource, open_wfdb, read_annotations
+from ecg_rnn.records import (Annotations, Record, WfdbSource, check_source, open_wfdb, read_annotations,
+                             validated_signal)
 from ecg_rnn.signal import SignalConfig, preprocess, resample_ratio
 
 AAMI_CLASSES = ("N", "S", "V", "F", "Q")
@@ -262,8 +263,15 @@ def beats_from_wfdb(path, signal_config: SignalConfig = SignalConfig(), beat_con
     """Cut every beat of a WFDB record on disk, reading it a chunk at a time (24-hour Holter
     recordings stay within a bounded memory); equal to beats_from_record on the whole record."""
     source = open_wfdb(path, lead)
+    chunk = int(chunk_s * source.fs)
+    if source.sig_len <= chunk:  # one chunk: read and validate it once
+        x = validated_signal(source.read(), source.fs, f"{source.path.name}.hea")
+        read = lambda start, stop: x[start:stop]  # noqa: E731
+    else:
+        check_source(source, chunk)
+        read = source.read
     annotations = read_annotations(source.path, annotator, source.sig_len)
     ref_sample, ref_symbol = reference_beats_of(annotations)
-    beats = cut_beats(source.read, source.sig_len, source.fs, source.path.name, ref_sample, ref_symbol,
+    beats = cut_beats(read, source.sig_len, source.fs, source.path.name, ref_sample, ref_symbol,
                       signal_config, beat_config, peaks, chunk_s)
     return beats, source

@@ -246,22 +246,29 @@ def choose_lead(sig_name: list[str], units: list[str], lead: str | int | None, w
     return 0
 
 
-def _validated_signal(x: np.ndarray, fs: float, where: str) -> np.ndarray:
+def check_signal(n: int, n_missing: int, ptp: float, fs: float, where: str) -> None:
+    """Refuse a lead that is all or mostly missing, too short, or flat (from its summary statistics,
+    so a recording read in chunks is judged exactly like one read whole)."""
+    if n_missing == n:
+        raise RecordError(f"{where}: the signal holds no valid samples (all NaN)")
+    if n_missing / n > 0.2:
+        raise RecordError(f"{where}: {n_missing / n:.0%} of the samples are missing (NaN); at most 20% "
+                          "can be bridged")
+    if n < MIN_SECONDS * fs:
+        raise RecordError(f"{where}: recording is {n / fs:.2f} s long; at least {MIN_SECONDS:g} s "
+                          "(a few beats) are needed")
+    if ptp < 1e-6:
+        raise RecordError(f"{where}: the signal is flat (no variation); check the lead and the file")
+
+
+def validated_signal(x: np.ndarray, fs: float, where: str) -> np.ndarray:
     x = np.array(x, dtype=np.float64)  # a copy: pandas hands out read-only views, and gaps are filled in place
     bad = ~np.isfinite(x)
-    if bad.all():
-        raise RecordError(f"{where}: the signal holds no valid samples (all NaN)")
-    if bad.mean() > 0.2:
-        raise RecordError(f"{where}: {bad.mean():.0%} of the samples are missing (NaN); at most 20% "
-                          "can be bridged")
+    finite = x[~bad]
+    check_signal(len(x), int(bad.sum()), float(np.ptp(finite)) if len(finite) else 0.0, fs, where)
     if bad.any():  # short gaps (WFDB invalid-sample markers) are bridged linearly
         idx = np.arange(len(x))
         x[bad] = np.interp(idx[bad], idx[~bad], x[~bad])
-    if len(x) < MIN_SECONDS * fs:
-        raise RecordError(f"{where}: recording is {len(x) / fs:.2f} s long; at least {MIN_SECONDS:g} s "
-                          "(a few beats) are needed")
-    if float(np.ptp(x)) < 1e-6:
-        raise RecordError(f"{where}: the signal is flat (no variation); check the lead and the file")
     return x.astype(np.float32)
 
 
@@ -296,6 +303,18 @@ class WfdbSource:
         return rec.p_signal[:, 0] * self.to_mv
 
 
+def check_source(source: WfdbSource, chunk: int) -> None:
+    """check_signal over a recording too long to hold at once, reading it `chunk` samples at a time."""
+    missing, low, high = 0, np.inf, -np.inf
+    for start in range(0, source.sig_len, chunk):
+        x = source.read(start, start + chunk)
+        finite = x[np.isfinite(x)]
+        missing += len(x) - len(finite)
+        if len(finite):
+            low, high = min(low, float(finite.min())), max(high, float(finite.max()))
+    check_signal(source.sig_len, missing, high - low if high >= low else 0.0, source.fs, f"{source.path.name}.hea")
+
+
 def open_wfdb(path: str | os.PathLike, lead: str | int | None = None) -> WfdbSource:
     """Validate a WFDB header and its signal files without reading the samples."""
     import wfdb  # deferred: wfdb pulls in pandas/matplotlib at import time
@@ -327,7 +346,7 @@ def open_wfdb(path: str | os.PathLike, lead: str | int | None = None) -> WfdbSou
 def read_wfdb(path: str | os.PathLike, lead: str | int | None = None, annotator: str = "atr") -> Record:
     """Read one lead of a single-segment WFDB record, plus its annotations when the file exists."""
     source = open_wfdb(path, lead)
-    signal = _validated_signal(source.read(), source.fs, f"{source.path.name}.hea")
+    signal = validated_signal(source.read(), source.fs, f"{source.path.name}.hea")
     annotations = read_annotations(source.path, annotator, source.sig_len)
     return Record(name=source.path.name, signal=signal, fs=source.fs, lead=source.lead,
                   sig_name=source.sig_name, units=source.units, annotations=annotations,
@@ -427,7 +446,7 @@ def read_csv(path: str | os.PathLike, fs: float | None = None, lead: str | int |
         raise RecordError(f"{where}: sampling rate {fs:g} Hz is outside the supported {MIN_FS:g}-{MAX_FS:g} Hz")
     channel = choose_lead(signal_cols, ["mV"] * len(signal_cols), lead, where)
     name = signal_cols[channel]
-    signal = _validated_signal(numeric[name].to_numpy(dtype=np.float64), fs, where)
+    signal = validated_signal(numeric[name].to_numpy(dtype=np.float64), fs, where)
     return Record(name=p.stem, signal=signal, fs=float(fs), lead=name, sig_name=tuple(signal_cols),
                   units="mV", annotations=None, source=str(p), digest=content_digest(signal, fs, None))
 
