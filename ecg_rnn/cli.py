@@ -207,40 +207,40 @@ def _run_evaluate(args) -> int:
 def _add_score(sub) -> None:
     p = sub.add_parser("score", help="score every beat of recordings; writes a CSV and a WFDB annotation "
                                      "file (extension .ecgrnn) per record")
-    p.add_argument("records", nargs="+", metavar="RECORD", help="WFDB record path without extension, or a .csv")
+    p.add_argument("records", nargs="+", metavar="RECORD",
+                   help="WFDB record path without extension, a .csv or .zip, or a folder of them")
     p.add_argument("--model", type=Path, help="detector file (default: the shipped models/default.safetensors)")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--peaks", choices=("auto", "reference", "detect"), default="detect",
                    help="beat positions: the R-peak detector (default), reference annotations, or auto")
+    p.add_argument("--workers", type=int, default=0,
+                   help="processes for many recordings (default: one per CPU core)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="score recordings again whose outputs already exist in --out (default: skip them)")
     _add_record_options(p)
     p.set_defaults(run=_run_score)
 
 
 def _run_score(args) -> int:
-    import re
+    from ecg_rnn.detector import default_model_path
+    from ecg_rnn.scoring import ANNOTATION_EXTENSION, expand_inputs, score_many
 
-    from ecg_rnn.detector import ANNOTATION_EXTENSION, RecurrentAEDetector, default_model_path, score_record, \
-        write_annotations
-    from ecg_rnn.records import read_record
-
-    det = RecurrentAEDetector.load(args.model or default_model_path())
-    args.out.mkdir(parents=True, exist_ok=True)
-    for path in args.records:
-        record = read_record(path, lead=args.lead, fs=args.fs)
-        try:
-            scored = score_record(det, record, peaks=args.peaks)
-        except ValueError as exc:
-            if isinstance(exc, EcgRnnError):
-                raise
-            raise _BadArgs(f"{record.name}: {exc}") from None
-        name = re.sub(r"[^A-Za-z0-9_-]", "_", record.name) or "record"  # WFDB names: letters, digits, - and _
-        csv = args.out / f"{name}.csv"
-        scored.table().to_csv(csv, index=False)
-        ann = write_annotations(scored, args.out, name, record.fs)
-        print(f"{record.name}: {len(scored.beats)} beats, {int(scored.flagged.sum())} flagged "
-              f"({record.fs:g} Hz, lead {record.lead}) -> {csv}, {ann} (wfdb.rdann(..., "
-              f"'{ANNOTATION_EXTENSION}'))")
-    return 0
+    paths = expand_inputs(args.records)
+    if not paths:
+        raise _BadArgs(f"no recordings found in {', '.join(map(str, args.records))}")
+    result = score_many(paths, args.model or default_model_path(), args.out, workers=args.workers,
+                        overwrite=args.overwrite, progress=len(paths) > 1, peaks=args.peaks, lead=args.lead,
+                        fs=args.fs)
+    if len(paths) == 1 and result.failed:
+        raise _BadArgs(result.failed[0][1])
+    for done in sorted(result.scored, key=lambda d: d.name):
+        print(f"{done.name}: {done.beats} beats, {done.flagged} flagged ({done.fs:g} Hz, lead {done.lead}) -> "
+              f"{done.csv}, {done.annotations} (wfdb.rdann(..., '{ANNOTATION_EXTENSION}'))")
+    if result.skipped:
+        print(f"skipped {len(result.skipped)} recording(s) already scored in {args.out} (--overwrite to redo)")
+    for _, message in result.failed:
+        print(f"ecg-rnn score: error: {message}", file=sys.stderr)
+    return EXIT_BAD_INPUT if result.failed else 0
 
 
 class _BadArgs(EcgRnnError):

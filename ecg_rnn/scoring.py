@@ -189,10 +189,13 @@ def score_many(paths: list[Path], model_path: Path, out_dir: Path, workers: int 
     result = BulkResult(scored=[], skipped=[p for p in paths if p not in todo], failed=[])
     if not todo:
         return result
+    from ecg_rnn.detector import RecurrentAEDetector
+
+    detector = RecurrentAEDetector.load(model_path)  # a bad model file fails here, once, in one line
     workers = max(1, min(workers or os.cpu_count() or 1, len(todo)))
-    bar = tqdm(total=len(todo), desc="scoring", unit="record", disable=not progress, file=sys.stderr)
+    bar = tqdm(total=len(todo), desc="scoring", unit="record", disable=None if progress else True, file=sys.stderr)
     if workers == 1:  # no pool for a single worker: same code path, no process start-up
-        _init_worker(str(model_path), threads=os.cpu_count() or 1)
+        _worker["detector"] = detector
         for path in todo:
             _collect(result, path, lambda p=path: _score_in_worker(p, out_dir, options), bar)
     else:
