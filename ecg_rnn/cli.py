@@ -156,6 +156,8 @@ def _run_train(args) -> int:
     result = run_training(args.name, mc, tc, runs_dir=args.runs_dir or REPO_ROOT / "runs", resume=args.resume,
                           progress=not args.quiet, threshold_percentile=args.threshold_percentile,
                           ship_to=args.ship)
+    if result is None:  # a torchrun rank other than 0: rank 0 reports
+        return 0
     m = result["metrics"]
     print(f"{args.name}: DS1 -> DS2  ROC-AUC {m['roc_auc']:.4f}  AP {m['ap']:.4f}  sens {m['sensitivity']:.3f}  "
           f"spec {m['specificity']:.3f}  ({result['train_seconds']:.0f} s) -> "

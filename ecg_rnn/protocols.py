@@ -97,7 +97,7 @@ def build_beat_set(records: tuple[str, ...] = ALL_RECORDS, folder: Path | None =
     beats = Beats.concat(parts)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npz")
+        tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")  # parallel builders (torchrun ranks) never collide
         np.savez(tmp, **beats.to_arrays())
         os.replace(tmp, path)  # atomic: an interrupted build never leaves a half-written cache
     return beats

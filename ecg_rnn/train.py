@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ecg_rnn import distributed
 from ecg_rnn.model import RecurrentAutoencoder
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -85,12 +86,16 @@ def fit_autoencoder(model: RecurrentAutoencoder, train: dict[str, np.ndarray], v
     With run_dir, the training state is saved after every epoch (weights-only torch file, loaded with
     weights_only=True) and `resume` continues from it.
     """
-    log = log or (lambda msg: print(msg, file=sys.stderr))
     seed_everything(config.seed)
     if config.threads:
         torch.set_num_threads(config.threads)
     device = resolve_device(config.device)
+    distributed.setup(device)  # under torchrun: join the process group; otherwise nothing
+    device = distributed.local_device(device)
+    main = distributed.is_main()  # only rank 0 logs and writes
+    log = (log or (lambda msg: print(msg, file=sys.stderr))) if main else (lambda msg: None)
     model.to(device)
+    net = distributed.wrap(model, device)  # DistributedDataParallel under torchrun
     opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(config.epochs, 1), eta_min=config.lr / 10)
     history: list[dict] = []
@@ -121,13 +126,13 @@ def fit_autoencoder(model: RecurrentAutoencoder, train: dict[str, np.ndarray], v
         order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed * 1000 + epoch))
         if config.max_train_beats:
             order = order[:config.max_train_beats]
-        order = order.to(device)
+        order = distributed.shard(order.to(device), epoch)
         total, count = 0.0, 0
         bar = tqdm(range(0, len(order), config.batch_size), desc=f"epoch {epoch + 1}/{config.epochs}",
-                   unit="batch", disable=not progress, leave=False, file=sys.stderr)
+                   unit="batch", disable=not (progress and main), leave=False, file=sys.stderr)
         for i in bar:
             idx = order[i:i + config.batch_size]
-            recon, _ = model(wave[idx], template[idx], rr[idx])
+            recon, _ = net(wave[idx], template[idx], rr[idx])
             loss = ((recon - wave[idx]) ** 2).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -139,6 +144,7 @@ def fit_autoencoder(model: RecurrentAutoencoder, train: dict[str, np.ndarray], v
             if (i // config.batch_size) % 20 == 0:
                 bar.set_postfix(loss=f"{total / max(count, 1):.4f}")
         sched.step()
+        total, count = distributed.sum_across(total, count)
         train_loss = total / max(count, 1)
         val_loss = float(batch_errors(model, val, device).mean()) if len(val["wave"]) else train_loss
         improved = val_loss < best_loss - 1e-6
@@ -152,7 +158,7 @@ def fit_autoencoder(model: RecurrentAutoencoder, train: dict[str, np.ndarray], v
                         "lr": opt.param_groups[0]["lr"], "seconds": round(seconds, 2)})
         log(f"epoch {epoch + 1:3d}/{config.epochs}  train {train_loss:.5f}  held-out {val_loss:.5f}"
             f"{'  *best' if improved else ''}  ({seconds:.1f} s)")
-        if state_path:
+        if state_path and main:
             state_path.parent.mkdir(parents=True, exist_ok=True)
             tmp = state_path.with_suffix(".tmp")
             torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
@@ -160,7 +166,8 @@ def fit_autoencoder(model: RecurrentAutoencoder, train: dict[str, np.ndarray], v
                         "epoch": epoch + 1, "stale": stale, "history": history,
                         "rng": torch.get_rng_state()}, tmp)
             os.replace(tmp, state_path)
-        if config.time_budget_s and time.monotonic() - started > config.time_budget_s:
+        over_budget = bool(config.time_budget_s and time.monotonic() - started > config.time_budget_s)
+        if distributed.sum_across(float(over_budget))[0]:  # every rank stops after the same epoch
             log(f"time budget of {config.time_budget_s:.0f} s spent; stopping after epoch {epoch + 1}")
             break
     if best_state is not None:
@@ -175,8 +182,9 @@ def fit_autoencoder(model: RecurrentAutoencoder, train: dict[str, np.ndarray], v
 
 def run_training(name: str = "default", model_config=None, train_config: TrainConfig | None = None,
                  runs_dir: Path = REPO_ROOT / "runs", resume: bool = False, progress: bool = True,
-                 threshold_percentile: float | None = None, ship_to: Path | None = None) -> dict:
-    """Train the detector on DS1 normal beats, evaluate on DS2, write runs/<name>/."""
+                 threshold_percentile: float | None = None, ship_to: Path | None = None) -> dict | None:
+    """Train the detector on DS1 normal beats, evaluate on DS2, write runs/<name>/. Under torchrun
+    every rank trains its share of each batch; rank 0 alone evaluates, writes and returns the result."""
     from ecg_rnn.detector import DEFAULT_MODEL_CONFIG, DEFAULT_TRAIN_CONFIG, RecurrentAEDetector
     from ecg_rnn.evaluate import evaluate_detector, write_model_card, write_plots
     from ecg_rnn.protocols import DS1, build_beat_set, inter_patient
@@ -193,6 +201,9 @@ def run_training(name: str = "default", model_config=None, train_config: TrainCo
     context = beats.subset(np.isin(beats.record, DS1))  # templates / RR90 from all beats of each record
     det.fit(split.train, context=context, run_dir=run_dir, resume=resume, progress=progress,
             description="MIT-BIH DS1 (de Chazal 2004) normal beats, reference R-peaks")
+    if not distributed.is_main():  # the other torchrun ranks only helped to train
+        distributed.teardown()
+        return None
     train_s = time.monotonic() - started
     det.save(run_dir / "model.safetensors")
     scores = det.score_samples(split.test, context=beats)
@@ -210,4 +221,5 @@ def run_training(name: str = "default", model_config=None, train_config: TrainCo
         det.save(ship_to)
         write_model_card(ship_to, det, {"inter-patient (DS1 -> DS2)": metrics},
                          {"train_seconds": result["train_seconds"], "made_by": f"ecg-rnn train --name {name}"})
+    distributed.teardown()
     return result
