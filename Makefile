@@ -31,7 +31,7 @@ app: $(STAMP)
 	$(PY) -m streamlit run app.py --server.address localhost --server.port $(PORT)
 
 bench: $(STAMP)
-	$(PY) -m benchmarks.rpeaks --out benchmarks/rpeaks.md
+	$(PY) -m benchmarks.run --out benchmarks/results.md
 
 rpeaks: $(STAMP)
 	$(PY) -m benchmarks.rpeaks --out benchmarks/rpeaks.md

@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from ecg_rnn.beats import beats_from_wfdb
-from ecg_rnn.detector import RecurrentAEDetector, default_model_path, score_beats
+from ecg_rnn.detector import RecurrentAEDetector, default_model_path
+from ecg_rnn.scoring import score_beats
 from ecg_rnn.protocols import DS1, build_beat_set, locate_mitdb
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -147,7 +147,7 @@ class Analysis:
 
 def analyse(record: Record, detector, model: str = "", progress: Progress | None = None) -> Analysis:
     """Cut, score, reconstruct and embed every beat of a record (the only place the model runs)."""
-    from ecg_rnn.detector import score_record
+    from ecg_rnn.scoring import score_record
 
     def tell(frac: float, text: str) -> None:
         if progress is not None:

@@ -26,17 +26,16 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ecg_rnn import __version__
-from ecg_rnn.beats import BeatConfig, Beats, beats_from_record
+from ecg_rnn.beats import BeatConfig, Beats
 from ecg_rnn.errors import CheckpointError
 from ecg_rnn.model import ModelConfig, RecurrentAutoencoder
-from ecg_rnn.records import Record
 from ecg_rnn.signal import SignalConfig
 from ecg_rnn.train import TrainConfig, batch_errors, fit_autoencoder, seed_everything
 
@@ -52,7 +51,6 @@ DEFAULT_THRESHOLD_PERCENTILE = 95.0
 DEFAULT_RHYTHM_WEIGHT = 0.5
 DEFAULT_PAUSE_WEIGHT = 0.1
 RR_REFERENCE_PERCENTILE = 90.0
-ANNOTATION_EXTENSION = "ecgrnn"  # wfdb.rdann(DIR/<name>, "ecgrnn") reads the flagged beats
 
 
 def default_model_path() -> Path:
@@ -414,63 +412,3 @@ def _parse_safetensors(data: bytes, where: str) -> tuple[dict[str, str], dict[st
     except Exception as exc:
         raise CheckpointError(f"{where}: corrupt safetensors file ({type(exc).__name__})") from None
     return {str(k): str(v) for k, v in meta.items()}, tensors
-
-
-# ---------------------------------------------------------------------------------------------
-# scoring recordings
-
-
-@dataclass
-class ScoredBeats:
-    beats: Beats
-    score: np.ndarray
-    percentile: np.ndarray
-    flagged: np.ndarray  # bool
-    has_reference: bool = False
-
-    def table(self):
-        import pandas as pd
-
-        frame = pd.DataFrame({
-            "sample": self.beats.sample.astype(np.int64),
-            "time_s": np.round(self.beats.time_s, 4),
-            "rr_prev_s": np.round(self.beats.rr[:, 0].astype(np.float64), 4),
-            "score": np.round(self.score, 4),
-            "percentile": np.round(self.percentile, 2),
-            "flagged": self.flagged.astype(bool),
-        })
-        if self.has_reference:
-            frame["ref_symbol"] = self.beats.symbol
-            frame["ref_aami"] = self.beats.aami
-        return frame
-
-
-def score_record(detector: RecurrentAEDetector, record: Record, peaks: str = "detect") -> ScoredBeats:
-    """Cut the record's beats with the detector's own configs (the pipeline resamples to
-    signal_config.fs) and score them; templates come from all beats of the record."""
-    beats = beats_from_record(record, detector.signal_config, detector.beat_config, peaks=peaks)
-    score = detector.score_samples(beats)
-    return ScoredBeats(beats=beats, score=score, percentile=detector.percentile(score),
-                       flagged=score > detector.threshold_, has_reference=record.annotations is not None)
-
-
-def write_annotations(scored: ScoredBeats, out_dir, record_name: str, fs: float,
-                      extension: str = ANNOTATION_EXTENSION) -> Path:
-    """WFDB annotation file `<out_dir>/<record_name>.ecgrnn` with one annotation per flagged beat:
-    symbol 'Q' (unclassified abnormal beat) at the beat's R-peak sample, and "score=... pct=..." as its
-    aux_note. Read it with wfdb.rdann(str(out_dir / record_name), "ecgrnn"). When nothing is flagged the
-    file holds one comment annotation (symbol '"') at sample 0, since WFDB files cannot be empty."""
-    import wfdb
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    idx = np.flatnonzero(scored.flagged)
-    samples = scored.beats.sample[idx].astype(np.int64)
-    if len(samples) == 0:  # wrann needs at least one annotation: write a note at sample 0
-        samples, symbols, aux = np.array([0]), ["\""], ["ecg-rnn: no beats flagged"]
-    else:
-        symbols = ["Q"] * len(idx)
-        aux = [f"score={scored.score[i]:.2f} pct={scored.percentile[i]:.1f}" for i in idx]
-    wfdb.wrann(record_name, extension, sample=samples, symbol=symbols, aux_note=aux, fs=fs,
-               write_dir=str(out_dir))
-    return out_dir / f"{record_name}.{extension}"

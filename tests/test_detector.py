@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ecg_rnn.detector import RecurrentAEDetector, ScoredBeats, default_model_path, score_record, shipped_models
+from ecg_rnn.detector import RecurrentAEDetector, default_model_path, shipped_models
+from ecg_rnn.scoring import ScoredBeats, score_record
 from ecg_rnn.errors import CheckpointError
 
 # -- a tiny detector trained in seconds on the bundled MIT-BIH sample (100, 208, 232) 

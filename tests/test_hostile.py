@@ -53,7 +53,7 @@ def detector():
 
 
 def _score(det, record):
-    from ecg_rnn.detector import score_record
+    from ecg_rnn.scoring import score_record
 
     return score_record(det, record)
 
