@@ -79,19 +79,25 @@ def show_flash(where) -> None:
         getattr(where, msg[0])(msg[1])
 
 
+def guarded_save(save):
+    """Run a review save; a conflict or a refused value becomes a visible message, not a traceback."""
+    try:
+        return save()
+    except rv.ReviewConflict as exc:
+        flash("warning", dash.md_escape(str(exc)))
+    except EcgRnnError as exc:
+        flash("error", f"Not saved: {dash.md_escape(str(exc))}")
+    return None
+
+
 def save_beat(store: rv.ReviewStore, digest: str, name: str, sample: int, prefix: str, next_beat) -> None:
     key = f"{prefix}:{digest}:{sample}"
     decision = st.session_state.get(f"dec:{key}", "abnormal")
-    try:
-        saved = store.save(digest, sample, decision, st.session_state.get(f"cls:{key}", "V"),
-                           st.session_state.get(f"note:{key}", ""), st.session_state.get("reviewer", ""),
-                           expected_version=st.session_state.get("seen", {}).get((digest, sample), 0),
-                           record_name=name)
-    except rv.ReviewConflict as exc:
-        flash("warning", dash.md_escape(str(exc)))
-        return
-    except EcgRnnError as exc:
-        flash("error", f"Not saved: {dash.md_escape(str(exc))}")
+    saved = guarded_save(lambda: store.save(
+        digest, sample, decision, st.session_state.get(f"cls:{key}", "V"), st.session_state.get(f"note:{key}", ""),
+        st.session_state.get("reviewer", ""), expected_version=st.session_state.get("seen", {}).get((digest, sample), 0),
+        record_name=name))
+    if saved is None:
         return
     flash("success", f"Saved: beat at sample {sample} is {saved.label} (by {dash.md_escape(saved.reviewer)}, version {saved.version}).")
     if next_beat is not None and st.session_state.get("auto_next", True):
@@ -105,15 +111,11 @@ def save_group(store: rv.ReviewStore, digest: str, name: str, gkey: str) -> None
     if not expected:
         flash("info", "Every beat of this group is already reviewed; untick 'only unreviewed beats' to overwrite.")
         return
-    try:
-        saved = store.save_many(digest, expected, st.session_state.get(f"gdec:{gkey}", "abnormal"),
-                                st.session_state.get(f"gcls:{gkey}", "V"), st.session_state.get(f"gnote:{gkey}", ""),
-                                st.session_state.get("reviewer", ""), record_name=name, source="group")
-    except rv.ReviewConflict as exc:
-        flash("warning", dash.md_escape(str(exc)))
-        return
-    except EcgRnnError as exc:
-        flash("error", f"Not saved: {dash.md_escape(str(exc))}")
+    saved = guarded_save(lambda: store.save_many(
+        digest, expected, st.session_state.get(f"gdec:{gkey}", "abnormal"), st.session_state.get(f"gcls:{gkey}", "V"),
+        st.session_state.get(f"gnote:{gkey}", ""), st.session_state.get("reviewer", ""), record_name=name,
+        source="group"))
+    if saved is None:
         return
     first = next(iter(saved.values()))
     flash("success", f"Saved {len(saved)} beats of the group as {first.label} (by {dash.md_escape(first.reviewer)}).")

@@ -75,6 +75,14 @@ def content_digest(signal: np.ndarray, fs: float, annotations: Annotations | Non
     return h.hexdigest()[:20]
 
 
+def _check_file_size(p: Path, limit: int, kind: str, advice: str) -> None:
+    if not p.is_file():
+        raise RecordError(f"{p.name}: file not found")
+    size = p.stat().st_size
+    if size > limit:
+        raise RecordError(f"{p.name}: {size >> 20} MiB is larger than the {limit >> 20} MiB {kind} limit; {advice}")
+
+
 def read_record(path: str | os.PathLike, lead: str | int | None = None, fs: float | None = None,
                 annotator: str = "atr") -> Record:
     """Read a WFDB record (path without extension, or the .hea) or a CSV file."""
@@ -96,12 +104,7 @@ def read_zip(path: str | os.PathLike, fs: float | None = None, lead: str | int |
     from ecg_rnn.uploads import MAX_UPLOAD_BYTES, UploadedFile, UploadError, read_upload, safe_name
 
     p = Path(path)
-    if not p.is_file():
-        raise RecordError(f"{p.name}: file not found")
-    size = p.stat().st_size
-    if size > MAX_UPLOAD_BYTES:
-        raise RecordError(f"{p.name}: {size >> 20} MiB is larger than the {MAX_UPLOAD_BYTES >> 20} MiB archive "
-                          "limit; extract it and pass the record's header")
+    _check_file_size(p, MAX_UPLOAD_BYTES, "archive", "extract it and pass the record's header")
     try:
         name = safe_name(p.name)
     except UploadError:
@@ -386,12 +389,7 @@ def read_csv(path: str | os.PathLike, fs: float | None = None, lead: str | int |
 
     p = Path(path)
     where = p.name
-    if not p.is_file():
-        raise RecordError(f"{where}: file not found")
-    size = p.stat().st_size
-    if size > MAX_CSV_BYTES:
-        raise RecordError(f"{where}: {size >> 20} MiB is larger than the {MAX_CSV_BYTES >> 20} MiB CSV limit; "
-                          "convert long recordings to WFDB")
+    _check_file_size(p, MAX_CSV_BYTES, "CSV", "convert long recordings to WFDB")
     with p.open("rb") as fh:
         first = fh.readline(1 << 16)
     if b"\x00" in first:
