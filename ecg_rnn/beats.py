@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from fractions import Fraction
 
@@ -165,7 +166,8 @@ def normalise(waves: np.ndarray, how: str) -> np.ndarray:
 def chunk_bounds(n: int, fs: float, align: int, chunk_s: float = CHUNK_S, margin_s: float = MARGIN_S):
     """(core_start, core_stop, read_start, read_stop) per chunk. Reads overlap by a margin so filters
     and the detector's adaptive thresholds settle before the core; starts are multiples of `align`
-    (the resampler's down factor) so resampled chunks line up sample for sample with the whole."""
+    (the resampler's down factor, and the detector's decimation factor) so that chunks line up sample
+    for sample with the whole."""
     size = max(align, int(chunk_s * fs) // align * align)
     margin = -(-int(margin_s * fs) // align) * align
     for start in range(0, n, size):
@@ -186,7 +188,8 @@ def cut_beats(read, n: int, fs: float, name: str, ref_sample: np.ndarray, ref_sy
         raise SignalError(f"{name}: has no reference beat annotations; use detected R-peaks")
     ratio = resample_ratio(fs, signal_config.fs) if fs != signal_config.fs else Fraction(1)
     pre, post = beat_config.window_samples(signal_config.fs)
-    bounds = list(chunk_bounds(n, fs, ratio.denominator, chunk_s))
+    align = math.lcm(ratio.denominator, ecg_signal.detection_step(fs))  # chunks start in phase with both
+    bounds = list(chunk_bounds(n, fs, align, chunk_s))
     samples, windows = [], []
     for start, stop, lo, hi in bounds:
         x = bridge_gaps(read(lo, hi))

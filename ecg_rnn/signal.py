@@ -116,9 +116,15 @@ def detect_r_peaks(x: np.ndarray, fs: float) -> np.ndarray:
     return _detect(x, fs, len(x) / fs)
 
 
+def detection_step(fs: float) -> int:
+    """The detector's decimation factor at this rate: signals read in chunks must start on multiples
+    of it to be detected exactly as when read whole."""
+    return max(1, int(fs // _WORK_FS))
+
+
 def _detect(x: np.ndarray, fs: float, seconds: float) -> np.ndarray:
     """detect_r_peaks on a checked lead sampled at >= _UPSAMPLE_BELOW_FS."""
-    q = max(1, int(fs // _WORK_FS))
+    q = detection_step(fs)
     fw = fs / q
     xd = _decimate(x, q)
     band, deriv, energy = _qrs_features(xd, fw)
