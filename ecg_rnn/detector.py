@@ -37,7 +37,7 @@ from ecg_rnn.beats import BeatConfig, Beats
 from ecg_rnn.errors import CheckpointError
 from ecg_rnn.model import ModelConfig, RecurrentAutoencoder
 from ecg_rnn.signal import SignalConfig
-from ecg_rnn.train import TrainConfig, batch_errors, fit_autoencoder, seed_everything
+from ecg_rnn.train import TrainConfig, batch_errors, fit_autoencoder, resolve_device, seed_everything
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODELS_DIR = REPO_ROOT / "models"
@@ -200,7 +200,6 @@ class RecurrentAEDetector:
         val_in = model_inputs(held_out, self.model_config, context)
         self.history_ = fit_autoencoder(self.model_, train_in, val_in, self.train_config, run_dir=run_dir,
                                         resume=resume, progress=progress, log=log)
-        self.model_.cpu()
         # calibrate every score term on the held-out normals
         comps = self._components(held_out, val_in)
         # the reconstruction term is calibrated on the held-out normals only (the autoencoder has seen the
@@ -224,12 +223,16 @@ class RecurrentAEDetector:
 
     # -- scoring --------------------------------------------------------------------------------
 
+    def _placed_model(self) -> RecurrentAutoencoder:
+        """The autoencoder on the GPU when CUDA is available (cuDNN RNNs), else on the CPU."""
+        return self.model_.to(resolve_device("auto"))
+
     def _check_fitted(self):
         if self.model_ is None or not self.calibration_:
             raise RuntimeError("this detector is not fitted; call fit() or load()")
 
     def _components(self, beats: Beats, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        mse = batch_errors(self.model_, inputs, device=torch.device("cpu")).astype(np.float64)
+        mse = batch_errors(self._placed_model(), inputs).astype(np.float64)
         premature, pause = rhythm_terms(beats.rr, inputs["rr_ref"])
         return {"recon": np.log(mse + 1e-4), "premature": premature, "pause": pause}
 
@@ -267,13 +270,15 @@ class RecurrentAEDetector:
     def _run(self, beats: Beats, context: Beats | None):
         self._check_fitted()
         inputs = model_inputs(beats, self.model_config, context)
-        t = [torch.as_tensor(inputs[k]) for k in ("wave", "template", "rr")]
-        self.model_.eval()
+        model = self._placed_model()
+        device = next(model.parameters()).device
+        t = [torch.as_tensor(inputs[k], device=device) for k in ("wave", "template", "rr")]
+        model.eval()
         recon, z = [], []
         for i in range(0, len(beats), 2048):
-            r, code = self.model_(*(x[i:i + 2048] for x in t))
-            recon.append(r.numpy())
-            z.append(code.numpy())
+            r, code = model(*(x[i:i + 2048] for x in t))
+            recon.append(r.cpu().numpy())
+            z.append(code.cpu().numpy())
         return np.concatenate(recon), np.concatenate(z)
 
     def reconstruct(self, beats: Beats, context: Beats | None = None) -> np.ndarray:
