@@ -128,7 +128,9 @@ def bench_holter(model: Path, holter: Path) -> dict:
         a, b = (pd.read_csv(io.StringIO(results[m]["csv"])) for m in ("chunked", "whole"))
         same = a["sample"].to_numpy() == b["sample"].to_numpy() if len(a) == len(b) else np.zeros(0, bool)
         differ = int(len(a) - same.sum()) if len(a) == len(b) else None
-        max_diff = float(np.abs(a["score"].to_numpy() - b["score"].to_numpy())[same].max()) if len(same) else None
+        # a moved beat changes its neighbours' RR intervals too: compare the beats away from any move
+        untouched = same & np.r_[True, same[:-1]] & np.r_[same[1:], True] if len(same) else same
+        max_diff = float(np.abs(a["score"].to_numpy() - b["score"].to_numpy())[untouched].max()) if len(same) else None
     header = __import__("wfdb").rdheader(str(holter))
     return {"hours": header.sig_len / header.fs / 3600, "beats": results["chunked"]["beats"],
             "chunked_s": results["chunked"]["seconds"], "chunked_peak_rss_mib": results["chunked"]["peak_rss_bytes"] / 2**20,
@@ -181,7 +183,8 @@ def report(results: dict) -> str:
                   f"| chunked | {h['beats']} | {h['chunked_s']:.1f} | {h['chunked_peak_rss_mib']:.0f} |",
                   f"| whole signal | {h['beats']} | {h['whole_s']:.1f} | {h['whole_peak_rss_mib']:.0f} |", "",
                   f"Beats placed differently by the two modes: {h['beats_placed_differently']} of {h['beats']}; "
-                  f"largest score difference over the other beats: {h['max_score_difference_same_beats']:.2e}.", ""]
+                  f"largest score difference over the beats that are neither moved nor next to a moved beat: "
+                  f"{h['max_score_difference_same_beats']:.2e}.", ""]
     if "training" in r:
         t = r["training"]
         lines += ["## Training", "",
