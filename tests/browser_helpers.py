@@ -44,7 +44,7 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float = 90.0) -> N
 
 
 def smallest_model() -> str | None:
-    """The smallest shipped model that loads (as in test_app.py)."""
+    """The smallest shipped model that loads (runs/ models when nothing is shipped)."""
     from ecg_rnn import dashboard as dash
 
     models = dash.available_models()
@@ -53,7 +53,7 @@ def smallest_model() -> str | None:
         for label in sorted(pool, key=lambda k: pool[k].stat().st_size):
             try:
                 dash.load_detector(pool[label])
-            except Exception:  # noqa: BLE001
+            except Exception:  # noqa: BLE001 - an incompatible file is not a usable test model
                 continue
             return label
     return None

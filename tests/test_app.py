@@ -13,6 +13,7 @@ import pytest
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
+from browser_helpers import smallest_model  # noqa: E402
 from ecg_rnn import dashboard as dash  # noqa: E402
 from ecg_rnn.records import read_record  # noqa: E402
 from ecg_rnn.reviews import ReviewStore  # noqa: E402
@@ -23,21 +24,7 @@ SAMPLE = ROOT / "data" / "mitdb-sample"
 TIMEOUT = 180
 
 
-def _smallest_model() -> str | None:
-    """The smallest shipped model that loads (runs/ models when nothing is shipped)."""
-    models = dash.available_models()
-    shipped = {k: v for k, v in models.items() if k.endswith("(shipped)")}
-    for pool in (shipped, models):
-        for label in sorted(pool, key=lambda k: pool[k].stat().st_size):
-            try:
-                dash.load_detector(pool[label])
-            except Exception:  # noqa: BLE001 - an incompatible file is not a usable test model
-                continue
-            return label
-    return None
-
-
-MODEL = _smallest_model()
+MODEL = smallest_model()
 
 
 @pytest.fixture

@@ -164,17 +164,22 @@ def _spawn(tmp_path: Path, db: Path, who: str, mode: str, n: int) -> subprocess.
     return proc
 
 
-def test_two_processes_distinct_beats_lose_nothing(tmp_path):
+def _run_two_writers(tmp_path, mode: str, n: int) -> ReviewStore:
+    """Start two writer processes, release them together, wait for both; the store they wrote."""
     db = tmp_path / "r.sqlite"
     ReviewStore(db)
-    procs = [_spawn(tmp_path, db, w, "own", 60) for w in ("a", "b")]
+    procs = [_spawn(tmp_path, db, w, mode, n) for w in ("a", "b")]
     for p in procs:
         p.stdin.write("go\n")
         p.stdin.flush()
     for p in procs:
         out, _ = p.communicate(timeout=120)
         assert p.returncode == 0 and "done" in out
-    store = ReviewStore(db)
+    return ReviewStore(db)
+
+
+def test_two_processes_distinct_beats_lose_nothing(tmp_path):
+    store = _run_two_writers(tmp_path, "own", 60)
     assert store.count("rec") == 120
     assert len(store.history("rec")) == 120
     assert store.integrity_ok()
@@ -182,16 +187,7 @@ def test_two_processes_distinct_beats_lose_nothing(tmp_path):
 
 def test_two_processes_same_beats_no_lost_update(tmp_path):
     """Both writers edit the same 5 beats 40 times each: every save lands as its own version."""
-    db = tmp_path / "r.sqlite"
-    ReviewStore(db)
-    procs = [_spawn(tmp_path, db, w, "shared", 40) for w in ("a", "b")]
-    for p in procs:
-        p.stdin.write("go\n")
-        p.stdin.flush()
-    for p in procs:
-        out, _ = p.communicate(timeout=120)
-        assert p.returncode == 0 and "done" in out
-    store = ReviewStore(db)
+    store = _run_two_writers(tmp_path, "shared", 40)
     reviews = store.get("rec")
     assert sum(r.version for r in reviews.values()) == 80
     hist = store.history("rec")
