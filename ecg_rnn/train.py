@@ -115,7 +115,6 @@ def fit_autoencoder(model: RecurrentAutoencoder, train: dict[str, np.ndarray], v
         log(f"nothing to resume in {run_dir}; starting fresh")
     wave, template, rr = _tensors(train, device)
     n = len(wave)
-    generator = torch.Generator().manual_seed(config.seed)
     started = time.monotonic()
     for epoch in range(start_epoch, config.epochs):
         if stale >= config.patience:

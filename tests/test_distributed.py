@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 TINY = ["--epochs", "2", "--max-beats", "3000", "--hidden", "16", "--latent", "4", "--quiet"]
 
