@@ -93,9 +93,11 @@ def header(name: str, n_sig: int, fs: float, n: int, lines: list[str]) -> bytes:
     return (f"{name} {n_sig} {fs:g} {n}\n" + "".join(ln + "\n" for ln in lines)).encode()
 
 
-def zip_bytes(members: dict[str, bytes], symlinks: dict[str, str] | None = None) -> bytes:
+def zip_bytes(members: dict[str, bytes], symlinks: dict[str, str] | None = None,
+              compression: int = zipfile.ZIP_DEFLATED) -> bytes:
+    """A zip archive held in memory; `symlinks` become symbolic-link members."""
     buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+    with zipfile.ZipFile(buf, "w", compression) as zf:
         for n, data in members.items():
             zf.writestr(n, data)
         for n, target in (symlinks or {}).items():

@@ -14,6 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from hostile_corpus import zip_bytes
+
 from ecg_rnn import uploads
 from ecg_rnn.errors import RecordError
 from ecg_rnn.records import read_record
@@ -26,17 +28,6 @@ def _files(name: str, *exts: str) -> list[UploadedFile]:
     return [UploadedFile(f"{name}.{e}", (SAMPLE / f"{name}.{e}").read_bytes()) for e in exts]
 
 
-def _zip(members: dict[str, bytes], symlinks: dict[str, str] | None = None,
-         compression=zipfile.ZIP_DEFLATED) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression) as zf:
-        for name, data in members.items():
-            zf.writestr(name, data)
-        for name, target in (symlinks or {}).items():
-            info = zipfile.ZipInfo(name)
-            info.external_attr = (stat.S_IFLNK | 0o777) << 16
-            zf.writestr(info, target)
-    return buf.getvalue()
 
 
 def _small_wfdb(tmp_path: Path, seconds: float = 20.0) -> dict[str, bytes]:
@@ -74,7 +65,7 @@ def test_wfdb_files_read_like_the_library(no_outside_writes):
 
 
 def test_zip_with_folder_is_flattened(no_outside_writes):
-    data = _zip({f"mitdb/100.{e}": (SAMPLE / f"100.{e}").read_bytes() for e in ("hea", "dat", "atr")}
+    data = zip_bytes({f"mitdb/100.{e}": (SAMPLE / f"100.{e}").read_bytes() for e in ("hea", "dat", "atr")}
                 | {"__MACOSX/._100.hea": b"junk", "mitdb/": b""})
     record, info = read_upload([UploadedFile("rec.zip", data)])
     assert record.digest == read_record(SAMPLE / "100").digest
@@ -118,7 +109,7 @@ def test_bad_upload_names_refused(name, no_outside_writes):
 
 
 def test_zip_traversal_refused(no_outside_writes, tmp_path):
-    data = _zip({"../../evil.hea": b"x", "100.hea": b"y"})
+    data = zip_bytes({"../../evil.hea": b"x", "100.hea": b"y"})
     with pytest.raises(UploadError, match=r"outside the archive"):
         read_upload([UploadedFile("rec.zip", data)])
     assert not (tmp_path / "evil.hea").exists()
@@ -126,17 +117,17 @@ def test_zip_traversal_refused(no_outside_writes, tmp_path):
 
 def test_zip_absolute_member_refused(no_outside_writes):
     with pytest.raises(UploadError, match="absolute path"):
-        read_upload([UploadedFile("rec.zip", _zip({"/tmp/evil.hea": b"x"}))])
+        read_upload([UploadedFile("rec.zip", zip_bytes({"/tmp/evil.hea": b"x"}))])
 
 
 def test_zip_symlink_member_refused(no_outside_writes):
-    data = _zip({"100.hea": (SAMPLE / "100.hea").read_bytes()}, symlinks={"100.dat": "/etc/passwd"})
+    data = zip_bytes({"100.hea": (SAMPLE / "100.hea").read_bytes()}, symlinks={"100.dat": "/etc/passwd"})
     with pytest.raises(UploadError, match="symbolic link"):
         read_upload([UploadedFile("rec.zip", data)])
 
 
 def test_zip_bomb_refused_by_declared_size(no_outside_writes):
-    data = _zip({"100.dat": b"\x00" * (8 << 20), "100.hea": b"100 1 360 1000\n100.dat 16 200 16 0\n"})
+    data = zip_bytes({"100.dat": b"\x00" * (8 << 20), "100.hea": b"100 1 360 1000\n100.dat 16 200 16 0\n"})
     with pytest.raises(UploadError, match="zip bomb|expands"):
         read_upload([UploadedFile("bomb.zip", data)])
 
@@ -145,7 +136,7 @@ def test_zip_bomb_refused_by_streamed_size(no_outside_writes):
     """Members under the ratio check but past the total cap are stopped while streaming."""
     rng = np.random.default_rng(0)
     members = {f"part{i}.dat": rng.integers(0, 255, 300_000, dtype=np.uint8).tobytes() for i in range(4)}
-    data = _zip(members, compression=zipfile.ZIP_STORED)
+    data = zip_bytes(members, compression=zipfile.ZIP_STORED)
     with pytest.raises(UploadError, match="MiB"):
         read_upload([UploadedFile("big.zip", data)], max_extracted=1 << 20)
 
@@ -153,7 +144,7 @@ def test_zip_bomb_refused_by_streamed_size(no_outside_writes):
 def test_zip_member_lying_about_its_size(no_outside_writes):
     """A member whose header declares a tiny size but whose stream is larger cannot pass the cap."""
     payload = b"\x00" * (3 << 20)
-    buf = io.BytesIO(_zip({"x.dat": payload}))
+    buf = io.BytesIO(zip_bytes({"x.dat": payload}))
     raw = bytearray(buf.getvalue())
     # patch the declared uncompressed size (local header offset 22, central directory entry offset 24)
     lh = raw.find(b"PK\x03\x04")
@@ -166,7 +157,7 @@ def test_zip_member_lying_about_its_size(no_outside_writes):
 
 def test_nested_zip_and_junk_zip_refused(no_outside_writes):
     with pytest.raises(UploadError, match="nested"):
-        read_upload([UploadedFile("a.zip", _zip({"inner.zip": _zip({"a.hea": b"x"})}))])
+        read_upload([UploadedFile("a.zip", zip_bytes({"inner.zip": zip_bytes({"a.hea": b"x"})}))])
     with pytest.raises(UploadError, match="not a readable zip"):
         read_upload([UploadedFile("a.zip", b"PK\x03\x04 this is not a zip")])
 
@@ -245,7 +236,7 @@ def test_zip_fuzz_stays_inside(tmp_path_factory, members):
     folder = base / "upload"
     folder.mkdir()
     try:
-        data = _zip(members)
+        data = zip_bytes(members)
     except (ValueError, UnicodeEncodeError, IndexError):  # names zipfile itself cannot write
         return
     try:
