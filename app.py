@@ -1,6 +1,6 @@
 """ecg-rnn dashboard: upload a recording, see the flagged beats, review them.
 
-Layout and widgets only. The analysis is in ecg_rnn.dashboard, uploads in ecg_rnn.uploads and the
+Layout and widgets only. The analysis is in ecg_rnn.dashboard, uploads in ecg_rnn.uploads / records and the
 review store in ecg_rnn.reviews. Run with `make app` (streamlit run app.py on localhost).
 """
 
@@ -17,6 +17,7 @@ from ecg_rnn import dashboard as dash
 from ecg_rnn import reviews as rv
 from ecg_rnn import uploads as up
 from ecg_rnn.errors import EcgRnnError
+from ecg_rnn.records import read_upload
 
 st.set_page_config(page_title="ecg-rnn: flagged beats", layout="wide")
 log = logging.getLogger("ecg_rnn.app")
@@ -174,7 +175,7 @@ record = None
 examples = dash.example_records()
 if source == "Example record":
     if not examples:
-        stop_with("The bundled example records (data/mitdb-sample) are missing.")
+        stop_with("The bundled example records (ecg_rnn/samples/mitdb) are missing.")
     names = list(examples)
     name = st.sidebar.selectbox("Example (MIT-BIH)", names, key="example",
                                 index=names.index(dash.DEFAULT_EXAMPLE) if dash.DEFAULT_EXAMPLE in names else 0,
@@ -217,7 +218,7 @@ else:
     lead = st.session_state.get(f"lead:up:{upkey}:{choice}")
     try:
         record, info = record_cache().get_or_compute(
-            ("upload", upkey, choice, fs, lead), lambda: up.read_upload(uploaded, choice=choice, fs=fs, lead=lead))
+            ("upload", upkey, choice, fs, lead), lambda: read_upload(uploaded, choice=choice, fs=fs, lead=lead))
     except EcgRnnError as exc:
         hint = ("Enter the sampling rate in the sidebar (CSV sampling rate)." if has_csv and not fs
                 and "no time column" in str(exc) else "")
@@ -320,9 +321,9 @@ def review_form(i: int, prefix: str, where, next_beat=None) -> None:
             st.radio("Decision", list(DECISION_LABELS), key=f"dec:{key}", horizontal=True,
                      format_func=DECISION_LABELS.get,
                      index=list(DECISION_LABELS).index(current.decision) if current else 0)
-            st.selectbox("Class (for abnormal beats)", rv.ABNORMAL_CLASSES, key=f"cls:{key}",
-                         index=rv.ABNORMAL_CLASSES.index(current.beat_class)
-                         if current and current.beat_class in rv.ABNORMAL_CLASSES else 0,
+            st.selectbox("Class (for abnormal beats)", rv.REVIEW_CLASSES, key=f"cls:{key}",
+                         index=rv.REVIEW_CLASSES.index(current.beat_class)
+                         if current and current.beat_class in rv.REVIEW_CLASSES else 0,
                          help="V ventricular, S supraventricular, F fusion, Q unclassifiable, other")
             st.text_input("Note (optional)", key=f"note:{key}", value=current.note if current else "",
                           max_chars=rv.MAX_NOTE)
@@ -421,7 +422,7 @@ if group_tab.open:
                         with st.form(f"gform:{gkey}"):
                             st.radio("Decision for the group", list(DECISION_LABELS), key=f"gdec:{gkey}",
                                      format_func=DECISION_LABELS.get, horizontal=True)
-                            st.selectbox("Class (for abnormal beats)", rv.ABNORMAL_CLASSES, key=f"gcls:{gkey}")
+                            st.selectbox("Class (for abnormal beats)", rv.REVIEW_CLASSES, key=f"gcls:{gkey}")
                             st.text_input("Note (optional)", key=f"gnote:{gkey}", max_chars=rv.MAX_NOTE)
                             st.checkbox("Only beats not yet reviewed", value=True, key=f"gnew:{gkey}")
                             st.form_submit_button(f"Apply to group {g.gid}", type="primary", on_click=save_group,

@@ -28,6 +28,7 @@ import wfdb
 from tqdm.auto import tqdm
 from wfdb.processing import compare_annotations
 
+from ecg_rnn.protocols import locate_mitdb
 from ecg_rnn.signal import detect_r_peaks
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -53,16 +54,9 @@ class RecordScore:
         return self.tp / max(self.tp + self.fp, 1)
 
 
-def _has_records(folder: Path) -> bool:
-    return folder.is_dir() and any(folder.glob("*.hea"))
-
-
 def default_mitdb() -> Path:
-    """$MITDB_DIR, else data/mitdb/ if it holds records, else ../shared/data/mitdb/."""
-    if os.environ.get("MITDB_DIR"):
-        return Path(os.environ["MITDB_DIR"]).expanduser()
-    local = REPO_ROOT / "data" / "mitdb"
-    return local if _has_records(local) else REPO_ROOT.parent / "shared" / "data" / "mitdb"
+    """Where the project finds MIT-BIH ($MITDB_DIR, data/mitdb, ../shared/data/mitdb); no download."""
+    return locate_mitdb(download=False, quiet=True)
 
 
 def record_names(folder: Path) -> list[str]:
@@ -124,7 +118,7 @@ def markdown(scores: list[RecordScore], folder: Path, command: str, runs: int) -
         f"- command: `{command}`",
         f"- machine: {cpu_model()}, {os.cpu_count()} logical cores; Python {platform.python_version()}, "
         f"NumPy {np.__version__}; {load_average()}",
-        f"- database: `{folder}` ({len(scores)} records, channel 0, whole records)",
+        f"- database: `{os.path.relpath(folder)}` ({len(scores)} records, channel 0, whole records)",
         f"- matching: `wfdb.processing.compare_annotations`, {WINDOW_S * 1000:.0f} ms window, reference = beat "
         f"annotations ({''.join(sorted(BEAT_SYMBOLS))}); detections within {WINDOW_S:g} s of either end ignored",
         f"- seconds: wall time of `detect_r_peaks` alone, median of {runs} run(s)",

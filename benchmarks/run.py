@@ -23,8 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ecg_rnn.beats import beats_from_wfdb
-from ecg_rnn.detector import RecurrentAEDetector, default_model_path
+from ecg_rnn.beats import beats_from_source
+from ecg_rnn.records import open_record
+from ecg_rnn.detector import RecurrentAEDetector
+from ecg_rnn.paths import default_model_path
 from ecg_rnn.scoring import score_beats
 from ecg_rnn.protocols import DS1, build_beat_set, locate_mitdb
 
@@ -60,7 +62,7 @@ def machine() -> str:
 
 def score_file(detector: RecurrentAEDetector, record: Path, out_csv: Path) -> int:
     """The whole scoring path of `ecg-rnn score`: read, filter, R-peaks, beats, model, CSV."""
-    beats, _ = beats_from_wfdb(record, detector.signal_config, detector.beat_config, peaks="detect")
+    beats = beats_from_source(open_record(record), detector.signal, detector.beats, peaks="detect")
     scored = score_beats(detector, beats, has_reference=False)
     scored.table().to_csv(out_csv, index=False)
     return len(beats)
@@ -80,7 +82,7 @@ def bench_record(detector, record: Path, runs: int) -> dict:
 
 
 def bench_throughput(detector, record: Path, naive_beats: int = 300) -> dict:
-    beats, _ = beats_from_wfdb(record, detector.signal_config, detector.beat_config, peaks="detect")
+    beats = beats_from_source(open_record(record), detector.signal, detector.beats, peaks="detect")
     batched, _ = timed(lambda: detector.score_samples(beats), 3)
     naive, _ = timed(lambda: [detector.score_samples(beats.subset(slice(i, i + 1)), context=beats)
                               for i in range(naive_beats)], 1)
@@ -95,7 +97,7 @@ def holter_child(model: str, record: str, out: str, whole: bool) -> None:
     started = time.perf_counter()
     chunk = 1e12 if whole else None
     kwargs = {} if chunk is None else {"chunk_s": chunk}
-    beats, _ = beats_from_wfdb(record, detector.signal_config, detector.beat_config, peaks="detect", **kwargs)
+    beats = beats_from_source(open_record(record), detector.signal, detector.beats, peaks="detect", **kwargs)
     scored = score_beats(detector, beats, has_reference=False)
     scored.table().to_csv(out, index=False)
     seconds = time.perf_counter() - started
@@ -141,11 +143,11 @@ def bench_holter(model: Path, holter: Path) -> dict:
 def bench_training(model: Path) -> dict:
     """One epoch of the default configuration on MIT-BIH DS1 normal beats."""
     template = RecurrentAEDetector.load(model)
-    beats = build_beat_set(DS1, signal_config=template.signal_config, beat_config=template.beat_config,
+    beats = build_beat_set(DS1, signal_config=template.signal, beat_config=template.beats,
                            progress=False)
     train = beats.subset(beats.aami == "N")
-    detector = RecurrentAEDetector(template.model_config, replace(template.train_config, epochs=1, time_budget_s=None),
-                                   template.signal_config, template.beat_config)
+    detector = RecurrentAEDetector(template.model, replace(template.training, epochs=1, time_budget_s=None),
+                                   template.signal, template.beats)
     started = time.perf_counter()
     detector.fit(train, context=beats)
     seconds = time.perf_counter() - started

@@ -11,11 +11,12 @@ from scipy.ndimage import median_filter
 
 from ecg_rnn.errors import SignalError
 from ecg_rnn import signal as ecg_signal
-from ecg_rnn.records import (Annotations, Record, WfdbSource, check_source, open_wfdb, read_annotations,
+from ecg_rnn.records import (Annotations, Record, RecordSource, bridge_gaps, source_from_record,
                              validated_signal)
 from ecg_rnn.signal import SignalConfig, preprocess, resample_ratio
 
 AAMI_CLASSES = ("N", "S", "V", "F", "Q")
+ABNORMAL_CLASSES = AAMI_CLASSES[1:]  # every class but N counts as abnormal
 # MIT-BIH symbol -> AAMI class (ANSI/AAMI EC57). B, n, r and ? are rare extras mapped as EC57 does.
 AAMI_OF_SYMBOL = {
     **dict.fromkeys("NLRej", "N"), "B": "N",
@@ -69,7 +70,7 @@ class Beats:
 
     @property
     def is_abnormal(self) -> np.ndarray:
-        return np.isin(self.aami, ("S", "V", "F", "Q"))
+        return np.isin(self.aami, ABNORMAL_CLASSES)
 
     @property
     def labelled(self) -> np.ndarray:
@@ -240,41 +241,24 @@ def check_beats_resemble(waves: np.ndarray, name: str) -> None:
                           f"{similarity:.2f} with the median beat); the signal looks like noise, not an ECG lead")
 
 
-def bridge_gaps(x: np.ndarray) -> np.ndarray:
-    """Invalid samples (NaN) bridged linearly; an all-invalid stretch becomes the baseline (0)."""
-    bad = ~np.isfinite(x)
-    if not bad.any():
-        return x
-    if bad.all():
-        return np.zeros_like(x)
-    idx = np.arange(len(x))
-    return np.interp(idx, idx[~bad], x[~bad])
+def beats_from_source(source: RecordSource, signal_config: SignalConfig = SignalConfig(),
+                      beat_config: BeatConfig = BeatConfig(), peaks: str = "auto", chunk_s: float = CHUNK_S) -> Beats:
+    """Cut every beat of a recording, reading it a chunk at a time (a 24-hour Holter stays within
+    bounded memory); the result equals that of the recording read whole. See cut_beats for `peaks`."""
+    chunk = int(chunk_s * source.fs)
+    if source.in_memory or source.sig_len <= chunk:  # held whole anyway: validate it once
+        x = validated_signal(source.read(), source.fs, source.where)
+        read = lambda start, stop: x[start:stop]  # noqa: E731
+    else:
+        source.check(chunk)
+        read = source.read
+    ref_sample, ref_symbol = reference_beats_of(source.annotations)
+    return cut_beats(read, source.sig_len, source.fs, source.name, ref_sample, ref_symbol,
+                     signal_config, beat_config, peaks, chunk_s)
 
 
 def beats_from_record(record: Record, signal_config: SignalConfig = SignalConfig(),
                       beat_config: BeatConfig = BeatConfig(), peaks: str = "auto",
                       chunk_s: float = CHUNK_S) -> Beats:
     """Cut every beat of a record held in memory (see cut_beats for `peaks`)."""
-    ref_sample, ref_symbol = reference_beats(record)
-    return cut_beats(lambda start, stop: record.signal[start:stop], record.sig_len, record.fs, record.name,
-                     ref_sample, ref_symbol, signal_config, beat_config, peaks, chunk_s)
-
-
-def beats_from_wfdb(path, signal_config: SignalConfig = SignalConfig(), beat_config: BeatConfig = BeatConfig(),
-                    peaks: str = "auto", lead: str | int | None = None, annotator: str = "atr",
-                    chunk_s: float = CHUNK_S) -> tuple[Beats, WfdbSource]:
-    """Cut every beat of a WFDB record on disk, reading it a chunk at a time (24-hour Holter
-    recordings stay within a bounded memory); equal to beats_from_record on the whole record."""
-    source = open_wfdb(path, lead)
-    chunk = int(chunk_s * source.fs)
-    if source.sig_len <= chunk:  # one chunk: read and validate it once
-        x = validated_signal(source.read(), source.fs, f"{source.path.name}.hea")
-        read = lambda start, stop: x[start:stop]  # noqa: E731
-    else:
-        check_source(source, chunk)
-        read = source.read
-    annotations = read_annotations(source.path, annotator, source.sig_len)
-    ref_sample, ref_symbol = reference_beats_of(annotations)
-    beats = cut_beats(read, source.sig_len, source.fs, source.path.name, ref_sample, ref_symbol,
-                      signal_config, beat_config, peaks, chunk_s)
-    return beats, source
+    return beats_from_source(source_from_record(record), signal_config, beat_config, peaks, chunk_s)

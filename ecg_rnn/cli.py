@@ -10,6 +10,8 @@ from ecg_rnn import __version__
 from ecg_rnn.errors import EcgRnnError
 
 EXIT_BAD_INPUT = 2
+DEFAULT_PERCENTILE = 95.0  # the detector's DEFAULT_THRESHOLD_PERCENTILE (a test keeps them equal; importing
+# the detector here would load torch for every `--help`)
 
 
 def _add_record_options(parser: argparse.ArgumentParser) -> None:
@@ -118,26 +120,25 @@ def _model_config(args, base):
     return dataclasses.replace(base, **over)
 
 
-def _train_config(args, base):
-    import dataclasses
-
+def _train_overrides(args) -> dict:
+    """The TrainConfig fields the training options set (train and evaluate read them alike)."""
     names = {"epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "patience": "patience",
              "seed": "seed", "device": "device", "max_beats": "max_train_beats", "threads": "threads"}
     over = {f: getattr(args, a) for a, f in names.items() if getattr(args, a, None) is not None}
-    if over.get("max_train_beats") == 0:
+    if over.get("max_train_beats") == 0:  # 0: every beat, for train and evaluate alike
         over["max_train_beats"] = None
-    return dataclasses.replace(base, **over)
+    return over
 
 
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train the detector on MIT-BIH DS1 normal beats; writes runs/<name>/")
     p.add_argument("--name", default="default", help="run name: output goes to runs/<name>/ (default: default)")
-    p.add_argument("--runs-dir", type=Path, help="parent folder of the run (default: runs/ in the project)")
+    p.add_argument("--runs-dir", type=Path, help="parent folder of the run (default: runs/ in the working folder)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last epoch")
     p.add_argument("--ship", type=Path, metavar="PATH",
-                   help="also save the model (and a .json sidecar) here, e.g. models/default.safetensors")
+                   help="also save the model (and a .json sidecar) here, e.g. ecg_rnn/models/default.safetensors")
     p.add_argument("--threshold-percentile", type=float,
-                   help="threshold = this percentile of held-out normal scores (default 97)")
+                   help=f"threshold = this percentile of held-out normal scores (default {DEFAULT_PERCENTILE:g})")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_model_options(p)
     _add_train_options(p)
@@ -145,15 +146,19 @@ def _add_train(sub) -> None:
 
 
 def _run_train(args) -> int:
-    from ecg_rnn.detector import DEFAULT_MODEL_CONFIG, DEFAULT_TRAIN_CONFIG
-    from ecg_rnn.train import REPO_ROOT, run_training
+    import dataclasses
 
+    from ecg_rnn import paths
+    from ecg_rnn.detector import DEFAULT_MODEL_CONFIG, DEFAULT_TRAIN_CONFIG
+    from ecg_rnn.experiments import TRAIN_TIME_BUDGET_S, run_training
+
+    runs_dir = args.runs_dir or paths.runs_dir()
     try:
         mc = _model_config(args, DEFAULT_MODEL_CONFIG)
-        tc = _train_config(args, DEFAULT_TRAIN_CONFIG)
+        tc = dataclasses.replace(DEFAULT_TRAIN_CONFIG, time_budget_s=TRAIN_TIME_BUDGET_S, **_train_overrides(args))
     except ValueError as exc:
         raise _BadArgs(str(exc)) from None
-    result = run_training(args.name, mc, tc, runs_dir=args.runs_dir or REPO_ROOT / "runs", resume=args.resume,
+    result = run_training(args.name, mc, tc, runs_dir=runs_dir, resume=args.resume,
                           progress=not args.quiet, threshold_percentile=args.threshold_percentile,
                           ship_to=args.ship)
     if result is None:  # a torchrun rank other than 0: rank 0 reports
@@ -161,13 +166,13 @@ def _run_train(args) -> int:
     m = result["metrics"]
     print(f"{args.name}: DS1 -> DS2  ROC-AUC {m['roc_auc']:.4f}  AP {m['ap']:.4f}  sens {m['sensitivity']:.3f}  "
           f"spec {m['specificity']:.3f}  ({result['train_seconds']:.0f} s) -> "
-          f"{(args.runs_dir or REPO_ROOT / 'runs') / args.name}")
+          f"{runs_dir / args.name}")
     return 0
 
 
 def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="evaluate a model on a protocol and compare with baselines")
-    p.add_argument("--model", type=Path, help="detector file (default: the shipped models/default.safetensors)")
+    p.add_argument("--model", type=Path, help="detector file (default: the shipped default model)")
     p.add_argument("--protocol", choices=("inter-patient", "intra-patient"), default="inter-patient")
     p.add_argument("--dataset", choices=("mitdb", "ecg5000"), default="mitdb",
                    help="ecg5000: train and evaluate on UCR ECG5000 (normal = class 1)")
@@ -183,26 +188,32 @@ def _add_evaluate(sub) -> None:
 
 
 def _run_evaluate(args) -> int:
-    from ecg_rnn import evaluate as ev
+    from ecg_rnn import paths
+    from ecg_rnn.experiments import evaluate_ecg5000, evaluate_protocol
+    from ecg_rnn.reports import markdown_table, write_report
 
-    out = args.out
-    if args.dataset == "ecg5000":
-        report = ev.evaluate_ecg5000(epochs=args.epochs, seed=args.seed or 0, threads=args.threads,
-                                     progress=not args.quiet)
-        out = out or ev.REPO_ROOT / "runs" / "evaluate-ecg5000"
-    else:
-        from ecg_rnn.detector import RecurrentAEDetector, default_model_path
+    try:
+        overrides = _train_overrides(args)
+        seed = overrides.pop("seed", 0)
+        scored = None
+        if args.dataset == "ecg5000":
+            report = evaluate_ecg5000(seed=seed, progress=not args.quiet, overrides=overrides)
+            out = args.out or paths.runs_dir() / "evaluate-ecg5000"
+        else:
+            from ecg_rnn.detector import RecurrentAEDetector
 
-        det = RecurrentAEDetector.load(args.model or default_model_path())
-        report = ev.evaluate_protocol(det, args.protocol, epochs=args.epochs, quick=args.quick,
-                                      compare=not args.no_compare, seed=args.seed or 0, threads=args.threads,
-                                      progress=not args.quiet, save_variants=args.save_variants,
-                                      model_name=str(args.model or default_model_path()),
-                                      folds=args.folds, max_beats=args.max_beats)
-        out = out or ev.REPO_ROOT / "runs" / f"evaluate-{args.protocol}"
-    paths = ev.write_report(report, out)
-    print(ev.markdown_table(report))
-    print(f"-> {', '.join(str(p) for p in paths)}")
+            model = args.model or paths.default_model_path()
+            result = evaluate_protocol(RecurrentAEDetector.load(model), args.protocol, quick=args.quick,
+                                       compare=not args.no_compare, seed=seed, progress=not args.quiet,
+                                       save_variants=args.save_variants, model_name=str(model),
+                                       folds=args.folds, overrides=overrides)
+            report, scored = result.report, result.scored
+            out = args.out or paths.runs_dir() / f"evaluate-{args.protocol}"
+    except (TypeError, ValueError) as exc:
+        raise _BadArgs(str(exc)) from None
+    written = write_report(report, out, scored)
+    print(markdown_table(report))
+    print(f"-> {', '.join(str(p) for p in written)}")
     return 0
 
 
@@ -211,7 +222,7 @@ def _add_score(sub) -> None:
                                      "file (extension .ecgrnn) per record")
     p.add_argument("records", nargs="+", metavar="RECORD",
                    help="WFDB record path without extension, a .csv or .zip, or a folder of them")
-    p.add_argument("--model", type=Path, help="detector file (default: the shipped models/default.safetensors)")
+    p.add_argument("--model", type=Path, help="detector file (default: the shipped default model)")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--peaks", choices=("auto", "reference", "detect"), default="detect",
                    help="beat positions: the R-peak detector (default), reference annotations, or auto")
@@ -224,7 +235,7 @@ def _add_score(sub) -> None:
 
 
 def _run_score(args) -> int:
-    from ecg_rnn.detector import default_model_path
+    from ecg_rnn.paths import default_model_path
     from ecg_rnn.scoring import ANNOTATION_EXTENSION, expand_inputs, score_many
 
     paths = expand_inputs(args.records)

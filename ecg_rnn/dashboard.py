@@ -22,18 +22,16 @@ from pathlib import Path
 
 import numpy as np
 
-from ecg_rnn.beats import AAMI_CLASSES
+from ecg_rnn import paths
+from ecg_rnn.beats import AAMI_CLASSES, ABNORMAL_CLASSES
 from ecg_rnn.errors import CheckpointError
 from ecg_rnn.records import Record
+from ecg_rnn.scoring import score_record
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-EXAMPLES_DIR = REPO_ROOT / "data" / "mitdb-sample"
-RUNS_DIR = REPO_ROOT / "runs"
 RUNS_ENV = "ECG_RNN_RUNS_DIR"  # where user-trained models are looked for (default: runs/)
 MODEL_ENV = "ECG_RNN_MODEL"  # the model the dashboard preselects
 DEFAULT_EXAMPLE = "208"
 MAX_GROUPS = 8
-CHUNK_BEATS = 8192
 STRIP_SECONDS = 10.0
 
 Progress = Callable[[float, str], None]
@@ -45,18 +43,13 @@ Progress = Callable[[float, str], None]
 
 def available_models(runs_dir: Path | None = None) -> dict[str, Path]:
     """Shipped models first ('default' first), then every user-trained model under runs/."""
-    from ecg_rnn.detector import shipped_models
-
     out: dict[str, Path] = {}
-    try:
-        shipped = shipped_models()
-    except Exception:  # noqa: BLE001 - a missing models/ folder leaves only the runs/ models
-        shipped = {}
+    shipped = paths.shipped_models()
     for name in sorted(shipped, key=lambda n: (n != "default", n)):
         path = Path(shipped[name])
         if path.is_file():
             out[f"{name} (shipped)"] = path
-    runs = Path(runs_dir) if runs_dir is not None else Path(os.environ.get(RUNS_ENV) or RUNS_DIR)
+    runs = Path(runs_dir) if runs_dir is not None else Path(os.environ.get(RUNS_ENV) or paths.runs_dir())
     if runs.is_dir():
         for path in sorted(runs.glob("*/*.safetensors")) + sorted(runs.glob("*/*/*.safetensors")):
             if path.is_file() and not path.is_symlink():
@@ -88,8 +81,9 @@ def load_detector(path: Path):
     return RecurrentAEDetector.load(path)
 
 
-def example_records(folder: Path = EXAMPLES_DIR) -> dict[str, Path]:
+def example_records(folder: Path | None = None) -> dict[str, Path]:
     """The bundled MIT-BIH records (name -> record path without extension)."""
+    folder = folder or paths.sample_records_dir()
     if not folder.is_dir():
         return {}
     return {p.stem: p.with_suffix("") for p in sorted(folder.glob("*.hea"))}
@@ -146,32 +140,24 @@ class Analysis:
 
 
 def analyse(record: Record, detector, model: str = "", progress: Progress | None = None) -> Analysis:
-    """Cut, score, reconstruct and embed every beat of a record (the only place the model runs)."""
-    from ecg_rnn.scoring import score_record
+    """Cut, score, reconstruct and embed every beat of a record (the only place the model runs: one
+    forward pass per beat)."""
 
     def tell(frac: float, text: str) -> None:
         if progress is not None:
             progress(frac, text)
 
-    tell(0.02, f"Detecting R-peaks, cutting and scoring the beats of {record.duration_s / 60:.0f} min of ECG")
+    tell(0.02, f"Detecting R-peaks, cutting, scoring and reconstructing the beats of "
+                f"{record.duration_s / 60:.0f} min of ECG")
     scored = score_record(detector, record, peaks="detect")
     beats = scored.beats
-    n = len(beats)
-    recon_parts, latent_parts = [], []
-    for start in range(0, n, CHUNK_BEATS):  # chunks (templates from the whole record) for visible progress
-        part = beats.subset(slice(start, min(n, start + CHUNK_BEATS)))
-        context = beats if n > CHUNK_BEATS else None
-        tell(0.5 + 0.45 * start / max(n, 1), f"Reconstructing beats {start + 1}-{min(n, start + CHUNK_BEATS)} of {n}")
-        recon_parts.append(np.asarray(detector.reconstruct(part, context=context), dtype=np.float32))
-        latent_parts.append(np.asarray(detector.embed(part, context=context), dtype=np.float32))
-    recon = np.concatenate(recon_parts) if recon_parts else np.zeros((0, beats.waves.shape[1]), np.float32)
-    latent = np.concatenate(latent_parts) if latent_parts else np.zeros((0, 1), np.float32)
+    recon, latent = scored.analysis.reconstruction, scored.analysis.latent
     tell(0.95, "Summarising")
     normal_scores = np.asarray(getattr(detector, "normal_scores_", np.array([])), dtype=np.float64)
     threshold = float(getattr(detector, "threshold_", np.nan))
     default_pct = float(np.asarray(detector.percentile(np.array([threshold]))).ravel()[0]) \
         if np.isfinite(threshold) else 99.0
-    bc = detector.beat_config
+    bc = detector.beats
     ref_aami = np.asarray(beats.aami, dtype=str)
     out = Analysis(
         name=record.name, digest=record.digest, model=model, fs=float(record.fs), lead=record.lead,
@@ -281,7 +267,7 @@ def summary(a: Analysis, flags: np.ndarray) -> dict:
            "leads": ", ".join(a.sig_name), "beats": n, "heart_rate_bpm": heart_rate_bpm(a),
            "flagged": int(flags.sum()), "flagged_share": float(flags.mean()) if n else 0.0}
     if a.has_reference:
-        abnormal = np.isin(a.ref_aami, ("S", "V", "F", "Q"))
+        abnormal = np.isin(a.ref_aami, ABNORMAL_CLASSES)
         normal = a.ref_aami == "N"
         out["reference_abnormal"] = int(abnormal.sum())
         out["sensitivity"] = float(flags[abnormal].mean()) if abnormal.any() else float("nan")
@@ -312,7 +298,7 @@ def roc_auc(a: Analysis) -> float:
     from sklearn.metrics import roc_auc_score
 
     labelled = np.isin(a.ref_aami, AAMI_CLASSES)
-    y = np.isin(a.ref_aami[labelled], ("S", "V", "F", "Q"))
+    y = np.isin(a.ref_aami[labelled], ABNORMAL_CLASSES)
     if labelled.sum() < 2 or y.all() or not y.any():
         return float("nan")
     return float(roc_auc_score(y, a.score[labelled]))

@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -35,12 +35,13 @@ import torch
 from ecg_rnn import __version__
 from ecg_rnn.beats import BeatConfig, Beats
 from ecg_rnn.errors import CheckpointError
+from ecg_rnn.features import (beat_zscore, model_inputs, rhythm_terms, robust_location_scale, MSE_EPS)
 from ecg_rnn.model import ModelConfig, RecurrentAutoencoder
+from ecg_rnn.protocols import heldout_mask
 from ecg_rnn.signal import SignalConfig
-from ecg_rnn.train import TrainConfig, batch_errors, fit_autoencoder, resolve_device, seed_everything
+from ecg_rnn.train import (INFERENCE_BATCH, TrainConfig, fit_autoencoder, private_torch_state,
+                           resolve_device)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-MODELS_DIR = REPO_ROOT / "models"
 FORMAT = "ecg-rnn-detector"
 FORMAT_VERSION = 1
 MAX_CHECKPOINT_BYTES = 64 << 20
@@ -50,86 +51,23 @@ DEFAULT_TRAIN_CONFIG = TrainConfig()
 DEFAULT_THRESHOLD_PERCENTILE = 95.0
 DEFAULT_RHYTHM_WEIGHT = 0.5
 DEFAULT_PAUSE_WEIGHT = 0.1
-RR_REFERENCE_PERCENTILE = 90.0
-
-
-def default_model_path() -> Path:
-    return MODELS_DIR / "default.safetensors"
-
-
-def shipped_models() -> dict[str, Path]:
-    names = ("default", "lstm", "gru", "bilstm")
-    return {n: MODELS_DIR / f"{n}.safetensors" for n in names if (MODELS_DIR / f"{n}.safetensors").is_file()}
-
-
-# ---------------------------------------------------------------------------------------------
-# model inputs
-
-
-def record_templates(beats: Beats) -> dict[str, np.ndarray]:
-    """The median beat of each record: robust to the abnormal minority."""
-    out = {}
-    for name in np.unique(beats.record):
-        out[str(name)] = np.median(beats.waves[beats.record == name], axis=0).astype(np.float32)
-    return out
-
-
-def rr_inputs(rr: np.ndarray) -> np.ndarray:
-    """log prev ratio, log next ratio, log local RR relative to 0.8 s; clipped."""
-    rr = np.asarray(rr, dtype=np.float64)
-    x = np.stack([np.log(np.maximum(rr[:, 3], 1e-3)), np.log(np.maximum(rr[:, 4], 1e-3)),
-                  np.log(np.maximum(rr[:, 2], 1e-3) / 0.8)], axis=1)
-    return np.clip(x, -3, 3).astype(np.float32)
-
-
-def record_rr_reference(beats: Beats) -> dict[str, float]:
-    """RR90 of each record: the 90th percentile of its previous-RR intervals, in seconds."""
-    return {str(name): float(np.percentile(beats.rr[beats.record == name, 0], RR_REFERENCE_PERCENTILE))
-            for name in np.unique(beats.record)}
-
-
-def rhythm_terms(rr: np.ndarray, rr_ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """prematurity -log(rr_prev / RR90) and pause log(rr_next_ratio)."""
-    rr = np.asarray(rr, dtype=np.float64)
-    premature = -np.log(np.maximum(rr[:, 0], 1e-3) / np.maximum(rr_ref, 1e-3))
-    pause = np.log(np.maximum(rr[:, 4], 1e-3))
-    return np.clip(premature, -3, 3), np.clip(pause, -3, 3)
-
-
-def _beat_zscore(waves: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    mean = waves.mean(axis=1, keepdims=True)
-    std = np.maximum(waves.std(axis=1, keepdims=True), 1e-6)
-    return ((waves - mean) / std).astype(np.float32), mean, std
-
-
-def model_inputs(beats: Beats, config: ModelConfig, context: Beats | None = None) -> dict[str, np.ndarray]:
-    waves = np.asarray(beats.waves, dtype=np.float32)
-    if waves.ndim != 2 or waves.shape[1] != config.window:
-        raise ValueError(f"beats have windows of {waves.shape[-1]} samples; the model expects {config.window}")
-    if config.input_norm == "beat":
-        waves = _beat_zscore(waves)[0]
-    template = np.zeros_like(waves)
-    rr_ref = np.zeros(len(beats))
-    source = context if context is not None else beats
-    missing = set(map(str, np.unique(beats.record))) - set(map(str, np.unique(source.record)))
-    if missing:
-        source = Beats.concat([source, beats.subset(np.isin(beats.record, list(missing)))])
-    if config.context:
-        for name, t in record_templates(source).items():
-            template[beats.record == name] = t
-    for name, ref in record_rr_reference(source).items():
-        rr_ref[beats.record == name] = ref
-    return {"wave": waves, "template": template, "rr": rr_inputs(beats.rr), "rr_ref": rr_ref}
-
-
-def _robust(x: np.ndarray) -> tuple[float, float]:
-    med = float(np.median(x))
-    mad = float(np.median(np.abs(x - med))) * 1.4826
-    return med, max(mad, 1e-6)
 
 
 # ---------------------------------------------------------------------------------------------
 # the detector
+
+
+PARAMS = ("model", "training", "signal", "beats", "threshold_percentile", "rhythm_weight", "pause_weight")
+
+
+@dataclass
+class Analysis:
+    """What one forward pass tells about each beat (one row per beat)."""
+
+    score: np.ndarray  # anomaly score, higher = more abnormal
+    components: dict[str, np.ndarray]  # calibrated z-score of each term (recon, premature, pause)
+    reconstruction: np.ndarray  # (n, window), in the units of beats.waves
+    latent: np.ndarray  # (n, latent_size)
 
 
 class RecurrentAEDetector:
@@ -142,37 +80,40 @@ class RecurrentAEDetector:
                  signal: SignalConfig = SignalConfig(), beats: BeatConfig = BeatConfig(),
                  threshold_percentile: float = DEFAULT_THRESHOLD_PERCENTILE,
                  rhythm_weight: float = DEFAULT_RHYTHM_WEIGHT, pause_weight: float = DEFAULT_PAUSE_WEIGHT):
-        self.model_config = model
-        self.train_config = training
-        self.signal_config = signal
-        self.beat_config = beats
-        self.threshold_percentile = float(threshold_percentile)
-        self.rhythm_weight = float(rhythm_weight)
-        self.pause_weight = float(pause_weight)
-        pre, post = beats.window_samples(signal.fs)
-        if pre + post != model.window:
-            raise ValueError(f"the beat window is {pre + post} samples at {signal.fs:g} Hz but the model "
-                             f"expects {model.window}")
-        self.model_: RecurrentAutoencoder | None = None
-        self.calibration_: dict[str, list[float]] = {}
-        self.threshold_: float = math.nan
-        self.normal_scores_: np.ndarray = np.zeros(0)
-        self.labels_: np.ndarray = np.zeros(0, dtype=int)
-        self.decision_scores_: np.ndarray = np.zeros(0)
-        self.history_: list[dict] = []
-        self.training_data_: dict = {}
+        # stored as given (scikit-learn convention: get_params / clone); checked in fit and load
+        self.model = model
+        self.training = training
+        self.signal = signal
+        self.beats = beats
+        self.threshold_percentile = threshold_percentile
+        self.rhythm_weight = rhythm_weight
+        self.pause_weight = pause_weight
+
+    def get_params(self, deep: bool = False) -> dict:
+        return {name: getattr(self, name) for name in PARAMS}
+
+    def set_params(self, **params) -> "RecurrentAEDetector":
+        unknown = set(params) - set(PARAMS)
+        if unknown:
+            raise ValueError(f"unknown parameter(s) {', '.join(sorted(unknown))}; valid: {', '.join(PARAMS)}")
+        for name, value in params.items():
+            setattr(self, name, value)
+        return self
+
+    def _check_window(self) -> None:
+        pre, post = self.beats.window_samples(self.signal.fs)
+        if pre + post != self.model.window:
+            raise ValueError(f"the beat window is {pre + post} samples at {self.signal.fs:g} Hz but the model "
+                             f"expects {self.model.window}")
+
+    def _inputs(self, beats: Beats, context: Beats | None) -> dict[str, np.ndarray]:
+        return model_inputs(beats, self.model.window, per_beat_norm=self.model.input_norm == "beat",
+                            with_template=self.model.context, context=context)
 
     # -- fitting --------------------------------------------------------------------------------
 
     def _split_validation(self, train: Beats) -> tuple[Beats, Beats]:
-        rng = np.random.default_rng(self.train_config.seed)
-        records = np.unique(train.record)
-        if len(records) >= 3:
-            n_val = max(1, int(round(self.train_config.val_fraction * len(records))))
-            val_records = rng.permutation(records)[:n_val]
-            is_val = np.isin(train.record, val_records)
-        else:  # too few patients: hold out beats instead
-            is_val = rng.random(len(train)) < self.train_config.val_fraction
+        is_val = heldout_mask(train, self.training.val_fraction, self.training.seed)
         return train.subset(~is_val), train.subset(is_val)
 
     def fit(self, train: Beats, validation: Beats | None = None, *, context: Beats | None = None,
@@ -194,20 +135,22 @@ class RecurrentAEDetector:
             held_out = held_out.subset((held_out.aami == "N") | (held_out.aami == ""))
         if len(held_out) < 10:
             raise ValueError(f"need at least 10 held-out normal beats, got {len(held_out)}")
-        seed_everything(self.train_config.seed)
-        self.model_ = RecurrentAutoencoder(self.model_config)
-        train_in = model_inputs(fit_part, self.model_config, context)
-        val_in = model_inputs(held_out, self.model_config, context)
-        self.history_ = fit_autoencoder(self.model_, train_in, val_in, self.train_config, run_dir=run_dir,
+        self._check_window()
+        with private_torch_state(self.training.seed, self.training.threads):  # the initial weights
+            self.model_ = RecurrentAutoencoder(self.model)
+        train_in = self._inputs(fit_part, context)
+        val_in = self._inputs(held_out, context)
+        self.history_ = fit_autoencoder(self.model_, train_in, val_in, self.training, run_dir=run_dir,
                                         resume=resume, progress=progress, log=log)
         # calibrate every score term on the held-out normals
-        comps = self._components(held_out, val_in)
+        comps = self._components(held_out, val_in, self._forward(val_in)[0])
         # the reconstruction term is calibrated on the held-out normals only (the autoencoder has seen the
         # others); the rhythm terms involve no learning, so all normal beats calibrate them (more patients)
         premature, pause = rhythm_terms(np.concatenate([fit_part.rr, held_out.rr]),
                                         np.concatenate([train_in["rr_ref"], val_in["rr_ref"]]))
-        self.calibration_ = {"recon": list(_robust(comps["recon"])), "premature": list(_robust(premature)),
-                             "pause": list(_robust(pause))}
+        self.calibration_ = {"recon": list(robust_location_scale(comps["recon"])),
+                             "premature": list(robust_location_scale(premature)),
+                             "pause": list(robust_location_scale(pause))}
         scores = self._combine(comps)
         self.normal_scores_ = np.sort(scores)
         self.threshold_ = float(np.percentile(scores, self.threshold_percentile))
@@ -224,37 +167,66 @@ class RecurrentAEDetector:
     # -- scoring --------------------------------------------------------------------------------
 
     def _placed_model(self) -> RecurrentAutoencoder:
-        """The autoencoder on the GPU when CUDA is available (cuDNN RNNs), else on the CPU."""
-        return self.model_.to(resolve_device("auto"))
+        """The autoencoder on the configured device (`training.device`: auto = CUDA when available)."""
+        return self.model_.to(resolve_device(self.training.device))
 
     def _check_fitted(self):
-        if self.model_ is None or not self.calibration_:
+        if getattr(self, "model_", None) is None or not getattr(self, "calibration_", None):
             raise RuntimeError("this detector is not fitted; call fit() or load()")
 
-    def _components(self, beats: Beats, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        mse = batch_errors(self._placed_model(), inputs).astype(np.float64)
+    @torch.no_grad()
+    def _forward(self, inputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One pass of the autoencoder over every beat: (squared error per beat, reconstruction, latent code)."""
+        model = self._placed_model()
+        model.eval()
+        device = next(model.parameters()).device
+        wave, template, rr = (torch.as_tensor(inputs[k], dtype=torch.float32, device=device)
+                              for k in ("wave", "template", "rr"))
+        mse, recon, codes = [], [], []
+        for i in range(0, len(wave), INFERENCE_BATCH):
+            part = slice(i, i + INFERENCE_BATCH)
+            r, z = model(wave[part], template[part], rr[part])
+            mse.append(((r - wave[part]) ** 2).mean(dim=1).cpu().numpy())
+            recon.append(r.cpu().numpy())
+            codes.append(z.cpu().numpy())
+        window, latent = self.model.window, self.model.latent_size
+        return (np.concatenate(mse) if mse else np.zeros(0, np.float32),
+                np.concatenate(recon) if recon else np.zeros((0, window), np.float32),
+                np.concatenate(codes) if codes else np.zeros((0, latent), np.float32))
+
+    def _components(self, beats: Beats, inputs: dict[str, np.ndarray], mse: np.ndarray) -> dict[str, np.ndarray]:
         premature, pause = rhythm_terms(beats.rr, inputs["rr_ref"])
-        return {"recon": np.log(mse + 1e-4), "premature": premature, "pause": pause}
+        return {"recon": np.log(mse.astype(np.float64) + MSE_EPS), "premature": premature, "pause": pause}
+
+    def _zscores(self, comps: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {k: (comps[k] - self.calibration_[k][0]) / self.calibration_[k][1] for k in COMPONENTS}
 
     def _combine(self, comps: dict[str, np.ndarray]) -> np.ndarray:
-        z = {k: (comps[k] - self.calibration_[k][0]) / self.calibration_[k][1] for k in COMPONENTS}
+        z = self._zscores(comps)
         return (z["recon"] + self.rhythm_weight * np.maximum(z["premature"], 0.0)
                 + self.pause_weight * np.maximum(z["pause"], 0.0))
 
+    def analyse(self, beats: Beats, context: Beats | None = None) -> "Analysis":
+        """Everything the model says about each beat, from one forward pass: anomaly score, the
+        calibrated z-score of every term, the reconstruction (in the units of beats.waves) and the
+        latent code. context: all beats of the same records when `beats` is only part of its records."""
+        self._check_fitted()
+        inputs = self._inputs(beats, context)
+        mse, recon, codes = self._forward(inputs)
+        comps = self._components(beats, inputs, mse)
+        if self.model.input_norm == "beat":
+            _, mean, std = beat_zscore(np.asarray(beats.waves, dtype=np.float32))
+            recon = recon * std + mean
+        return Analysis(score=self._combine(comps), components=self._zscores(comps),
+                        reconstruction=recon.astype(np.float32), latent=codes.astype(np.float32))
+
     def score_components(self, beats: Beats, context: Beats | None = None) -> dict[str, np.ndarray]:
         """The calibrated z-score of every term (recon, premature, pause) for each beat."""
-        self._check_fitted()
-        comps = self._components(beats, model_inputs(beats, self.model_config, context))
-        return {k: (comps[k] - self.calibration_[k][0]) / self.calibration_[k][1] for k in COMPONENTS}
+        return self.analyse(beats, context).components
 
     def score_samples(self, beats: Beats, context: Beats | None = None) -> np.ndarray:
-        """Anomaly score per beat, higher = more abnormal. context: all beats of the same records
-        (templates come from it) when `beats` is only part of its records."""
-        self._check_fitted()
-        if len(beats) == 0:
-            return np.zeros(0)
-        comps = self._components(beats, model_inputs(beats, self.model_config, context))
-        return self._combine(comps)
+        """Anomaly score per beat, higher = more abnormal."""
+        return self.analyse(beats, context).score
 
     decision_function = score_samples
 
@@ -266,45 +238,22 @@ class RecurrentAEDetector:
     def predict(self, beats: Beats, context: Beats | None = None) -> np.ndarray:
         return (self.score_samples(beats, context) > self.threshold_).astype(int)
 
-    @torch.no_grad()
-    def _run(self, beats: Beats, context: Beats | None):
-        self._check_fitted()
-        inputs = model_inputs(beats, self.model_config, context)
-        model = self._placed_model()
-        device = next(model.parameters()).device
-        t = [torch.as_tensor(inputs[k], device=device) for k in ("wave", "template", "rr")]
-        model.eval()
-        recon, z = [], []
-        for i in range(0, len(beats), 2048):
-            r, code = model(*(x[i:i + 2048] for x in t))
-            recon.append(r.cpu().numpy())
-            z.append(code.cpu().numpy())
-        return np.concatenate(recon), np.concatenate(z)
-
     def reconstruct(self, beats: Beats, context: Beats | None = None) -> np.ndarray:
         """The autoencoder's reconstruction of each beat, in the units of beats.waves."""
-        if len(beats) == 0:
-            return np.zeros((0, self.model_config.window), dtype=np.float32)
-        recon = self._run(beats, context)[0]
-        if self.model_config.input_norm == "beat":
-            _, mean, std = _beat_zscore(np.asarray(beats.waves, dtype=np.float32))
-            recon = recon * std + mean
-        return recon.astype(np.float32)
+        return self.analyse(beats, context).reconstruction
 
     def embed(self, beats: Beats, context: Beats | None = None) -> np.ndarray:
-        if len(beats) == 0:
-            return np.zeros((0, self.model_config.latent_size), dtype=np.float32)
-        return self._run(beats, context)[1].astype(np.float32)
+        return self.analyse(beats, context).latent
 
     # -- persistence ----------------------------------------------------------------------------
 
     def _metadata(self) -> dict[str, str]:
         return {
             "format": FORMAT, "format_version": str(FORMAT_VERSION), "package_version": __version__,
-            "model_config": json.dumps(self.model_config.to_dict(), sort_keys=True),
-            "train_config": json.dumps(self.train_config.to_dict(), sort_keys=True),
-            "signal_config": json.dumps(_asdict(self.signal_config), sort_keys=True),
-            "beat_config": json.dumps(_asdict(self.beat_config), sort_keys=True),
+            "model_config": json.dumps(self.model.to_dict(), sort_keys=True),
+            "train_config": json.dumps(self.training.to_dict(), sort_keys=True),
+            "signal_config": json.dumps(_asdict(self.signal), sort_keys=True),
+            "beat_config": json.dumps(_asdict(self.beats), sort_keys=True),
             "detector": json.dumps({"threshold": self.threshold_, "threshold_percentile": self.threshold_percentile,
                                     "threshold_rule": self.threshold_rule, "rhythm_weight": self.rhythm_weight,
                                     "pause_weight": self.pause_weight,
@@ -358,7 +307,8 @@ class RecurrentAEDetector:
                       threshold_percentile=float(det_meta["threshold_percentile"]),
                       rhythm_weight=float(det_meta["rhythm_weight"]),
                       pause_weight=float(det_meta["pause_weight"]))
-            model = RecurrentAutoencoder(det.model_config)
+            det._check_window()
+            model = RecurrentAutoencoder(det.model)
             state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
             model.load_state_dict(state, strict=True)
             det.calibration_ = {k: [float(a), float(b)] for k, (a, b) in det_meta["calibration"].items()}

@@ -112,6 +112,17 @@ class Split:
     test: Beats
 
 
+def heldout_mask(beats: Beats, fraction: float, seed: int) -> np.ndarray:
+    """Which beats to hold out: `fraction` of the records (seeded), so held-out scores come from
+    patients never fitted; with fewer than 3 records, that fraction of the beats instead."""
+    rng = np.random.default_rng(seed)
+    records = np.unique(beats.record)
+    if len(records) >= 3:
+        n_held = max(1, int(round(fraction * len(records))))
+        return np.isin(beats.record, rng.permutation(records)[:n_held])
+    return rng.random(len(beats)) < fraction
+
+
 def inter_patient(beats: Beats) -> Split:
     """de Chazal: train on the normal beats of DS1, test on every labelled beat of DS2."""
     labelled = beats.labelled

@@ -1,4 +1,9 @@
-"""Record stage: read WFDB records and CSV files into one validated `Record` type.
+"""Record stage: every recording format behind one chunk-readable `RecordSource`.
+
+`open_record(path)` opens a WFDB record (streamed from disk a chunk at a time), a CSV file or a .zip of
+either (read into memory) as a `RecordSource`: the chosen lead and every ECG lead, in mV, readable in
+slices, with its reference annotations. `read_record` loads one lead whole as a `Record` (the
+dashboard's strip, tests). Scoring, the dashboard and bulk runs all go through `open_record`.
 
 Every file is untrusted: headers are checked before wfdb allocates anything, signal files must
 sit beside their header (no `..`, absolute paths or symlinks), and sizes are bounded.
@@ -9,12 +14,16 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import dataclasses
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ecg_rnn.errors import RecordError
+from ecg_rnn.uploads import (MAX_EXTRACTED_BYTES, MAX_UPLOAD_BYTES, ZIP_SUFFIX, UploadedFile, UploadError,
+                             record_candidates, safe_name, upload_folder)
 
 # Bounds that keep a hostile header from exhausting memory (a 48 h Holter at 500 Hz fits).
 MAX_SAMPLES = 100_000_000
@@ -24,6 +33,12 @@ MIN_SECONDS = 3.0
 MAX_HEADER_BYTES = 1 << 20
 MAX_CSV_BYTES = 512 << 20
 MAX_CSV_COLUMNS = 64
+CSV_SUFFIXES = (".csv", ".txt")
+MAX_MISSING_SHARE = 0.2  # a lead with more invalid (NaN) samples than this is refused, not bridged
+FLAT_PTP_MV = 1e-6  # a lead whose range is below this is flat
+# an annotation takes at most 16 bytes in a WFDB file (sample skips, aux text): a bound on its size
+MAX_ANNOTATION_BYTES_PER_SAMPLE = 16
+ANNOTATION_FILE_SLACK = 4096
 # Storage formats wfdb decodes without extra libraries (FLAC 508/516/524 need soundfile).
 READABLE_FORMATS = {"8": 1.0, "16": 2.0, "24": 3.0, "32": 4.0, "61": 2.0, "80": 1.0, "160": 2.0,
                     "212": 1.5, "310": 4 / 3, "311": 4 / 3}
@@ -83,34 +98,193 @@ def _check_file_size(p: Path, limit: int, kind: str, advice: str) -> None:
         raise RecordError(f"{p.name}: {size >> 20} MiB is larger than the {limit >> 20} MiB {kind} limit; {advice}")
 
 
+def bridge_gaps(x: np.ndarray) -> np.ndarray:
+    """Invalid samples (NaN, inf) bridged linearly; an all-invalid stretch becomes the baseline (0)."""
+    bad = ~np.isfinite(x)
+    if not bad.any():
+        return x
+    if bad.all():
+        return np.zeros_like(x)
+    idx = np.arange(len(x))
+    return np.interp(idx, idx[~bad], x[~bad])
+
+
+def is_ecg_lead(name: str, unit: str = "") -> bool:
+    return bool(_ECG_LEAD.match(name.strip())) or "ecg" in name.lower() or unit.strip().lower() in ("mv", "uv", "µv")
+
+
+Reader = Callable[[int, int, tuple[int, ...]], np.ndarray]  # (start, stop, channels) -> (n, k) mV
+
+
+@dataclass(frozen=True)
+class RecordSource:
+    """A recording readable a slice at a time, whatever its format: the chosen lead and every ECG lead
+    in mV (float64; invalid samples NaN), plus its reference annotations."""
+
+    name: str
+    fs: float
+    sig_len: int
+    sig_name: tuple[str, ...]  # every signal the file holds
+    channel: int  # the chosen lead
+    ecg_channels: tuple[int, ...]  # every ECG lead, the chosen one first
+    units: str
+    annotations: Annotations | None
+    origin: str  # where it came from: a path, or upload:<name>
+    reader: Reader = field(repr=False, compare=False)
+    in_memory: bool = False  # held (and already validated) in memory: reading is free
+
+    @property
+    def lead(self) -> str:
+        return self.sig_name[self.channel]
+
+    @property
+    def duration_s(self) -> float:
+        return self.sig_len / self.fs
+
+    def read(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Samples [start, stop) of the chosen lead."""
+        return self.read_leads(start, stop, (self.channel,))[:, 0]
+
+    def read_leads(self, start: int = 0, stop: int | None = None,
+                   channels: tuple[int, ...] | None = None) -> np.ndarray:
+        """Samples [start, stop) of several leads (default: every ECG lead), one column each."""
+        stop = self.sig_len if stop is None else min(stop, self.sig_len)
+        return self.reader(start, stop, tuple(channels or self.ecg_channels))
+
+    def load(self) -> "Record":
+        """The chosen lead read whole and validated (gaps bridged)."""
+        signal = validated_signal(self.read(), self.fs, self.where)
+        return Record(name=self.name, signal=signal, fs=self.fs, lead=self.lead, sig_name=self.sig_name,
+                      units=self.units, annotations=self.annotations, source=self.origin,
+                      digest=content_digest(signal, self.fs, self.annotations))
+
+    @property
+    def where(self) -> str:
+        """How error messages name the recording."""
+        return Path(self.origin).name if self.origin and not self.origin.startswith("upload:") else self.name
+
+    def check(self, chunk_samples: int) -> None:
+        """check_signal over the chosen lead, read `chunk_samples` at a time (bounded memory)."""
+        missing, low, high = 0, np.inf, -np.inf
+        for start in range(0, self.sig_len, chunk_samples):
+            x = self.read(start, start + chunk_samples)
+            finite = x[np.isfinite(x)]
+            missing += len(x) - len(finite)
+            if len(finite):
+                low, high = min(low, float(finite.min())), max(high, float(finite.max()))
+        check_signal(self.sig_len, missing, high - low if high >= low else 0.0, self.fs, self.where)
+
+
+def ecg_channels(sig_name: tuple[str, ...], units: list[str], chosen: int) -> tuple[int, ...]:
+    """The chosen lead first, then every other signal that looks like an ECG lead."""
+    others = [i for i, n in enumerate(sig_name)
+              if i != chosen and is_ecg_lead(n, units[i] if i < len(units) else "")]
+    return (chosen, *others)
+
+
+def source_from_arrays(name: str, leads: np.ndarray, fs: float, sig_name: tuple[str, ...], channel: int,
+                       annotations: Annotations | None = None, origin: str = "",
+                       units: list[str] | None = None) -> RecordSource:
+    """An in-memory recording (one column per signal, mV) as a RecordSource."""
+    leads = np.asarray(leads, dtype=np.float64).reshape(len(leads), -1)
+    return RecordSource(name=name, fs=float(fs), sig_len=len(leads), sig_name=tuple(sig_name), channel=channel,
+                        ecg_channels=ecg_channels(tuple(sig_name), units or ["mV"] * len(sig_name), channel),
+                        units="mV", annotations=annotations, origin=origin,
+                        reader=lambda start, stop, chans: leads[start:stop, list(chans)], in_memory=True)
+
+
+def source_from_record(record: "Record") -> RecordSource:
+    """A Record held in memory (one lead) as a RecordSource."""
+    return source_from_arrays(record.name, record.signal[:, None], record.fs, (record.lead,), 0,
+                              record.annotations, record.source)
+
+
+def open_record(path: str | os.PathLike, lead: str | int | None = None, fs: float | None = None,
+                annotator: str = "atr") -> RecordSource:
+    """Open a WFDB record (path without extension, or its .hea), a CSV file or a .zip of either."""
+    p = Path(path)
+    suffix = p.suffix.lower()
+    if suffix in CSV_SUFFIXES:
+        return open_csv(p, fs=fs, lead=lead)
+    if suffix == ZIP_SUFFIX:
+        return read_zip(p, fs=fs, lead=lead)
+    if suffix in (".hea", ".dat", ".atr"):
+        p = p.with_suffix("")
+    return open_wfdb(p, lead=lead, annotator=annotator)
+
+
 def read_record(path: str | os.PathLike, lead: str | int | None = None, fs: float | None = None,
                 annotator: str = "atr") -> Record:
-    """Read a WFDB record (path without extension, or the .hea) or a CSV file."""
-    p = Path(path)
-    if p.suffix.lower() in (".csv", ".txt"):
-        return read_csv(p, fs=fs, lead=lead)
-    if p.suffix.lower() == ".zip":
-        return read_zip(p, fs=fs, lead=lead)
-    if p.suffix.lower() in (".hea", ".dat", ".atr"):
-        p = p.with_suffix("")
-    return read_wfdb(p, lead=lead, annotator=annotator)
+    """One lead of a recording, read whole and validated (see open_record)."""
+    return open_record(path, lead=lead, fs=fs, annotator=annotator).load()
 
 
-def read_zip(path: str | os.PathLike, fs: float | None = None, lead: str | int | None = None) -> Record:
-    """Read the (first) record of a .zip through the dashboard's upload protections: members are
+@dataclass(frozen=True)
+class UploadInfo:
+    """What an upload holds: the record entry points found, and which one was read."""
+
+    candidates: tuple[str, ...]
+    chosen: str
+
+
+def open_upload(files: Iterable[UploadedFile], choice: str | None = None, fs: float | None = None,
+                lead: str | int | None = None, max_extracted: int = MAX_EXTRACTED_BYTES
+                ) -> tuple[RecordSource, UploadInfo]:
+    """Save an upload privately, pick its record (a WFDB header or a CSV), read it into memory.
+
+    Raises RecordError (UploadError for the upload itself) with one specific line on any problem.
+    """
+    files = list(files)
+    with upload_folder(files, max_extracted=max_extracted) as (folder, saved):
+        candidates = record_candidates(folder)
+        if not candidates:
+            kinds = ", ".join(sorted({Path(n).suffix or n for n in saved})) or "nothing"
+            hint = " (a .dat needs its .hea header)" if any(n.lower().endswith(".dat") for n in saved) else ""
+            raise UploadError(f"upload: no record found in {kinds}{hint}; upload a WFDB header (.hea) "
+                              "with its signal file (.dat), a .zip of them, or a .csv")
+        if choice is None:
+            chosen = candidates[0]
+        elif choice in candidates:
+            chosen = choice
+        else:
+            raise UploadError(f"upload: {choice!r} is not in the upload; choose one of {', '.join(candidates)}")
+        try:
+            source = in_memory(open_record(folder / chosen, lead=lead, fs=fs))
+        except (OSError, MemoryError) as exc:
+            raise UploadError(f"{chosen}: could not be read ({type(exc).__name__})") from None
+    # the upload folder is gone once read: keep only the file name as its origin
+    return dataclasses.replace(source, origin=f"upload:{chosen}"), UploadInfo(tuple(candidates), chosen)
+
+
+def read_upload(files: Iterable[UploadedFile], choice: str | None = None, fs: float | None = None,
+                lead: str | int | None = None, max_extracted: int = MAX_EXTRACTED_BYTES
+                ) -> tuple[Record, UploadInfo]:
+    """open_upload, with the chosen lead loaded as a Record."""
+    source, info = open_upload(files, choice, fs, lead, max_extracted)
+    return source.load(), info
+
+
+def in_memory(source: RecordSource) -> RecordSource:
+    """Every ECG lead of a source read whole and validated (for files about to disappear)."""
+    if source.in_memory:
+        return source
+    leads = source.read_leads()
+    validated_signal(leads[:, 0], source.fs, source.where)  # the chosen lead is checked as if read whole
+    return dataclasses.replace(source, reader=lambda start, stop, chans, all_=source.ecg_channels:
+                               leads[start:stop, [all_.index(c) for c in chans]], in_memory=True)
+
+
+def read_zip(path: str | os.PathLike, fs: float | None = None, lead: str | int | None = None) -> RecordSource:
+    """The (first) record of a .zip, through the dashboard's upload protections: members are
     extracted into a private temporary folder (no traversal, symlinks, nested archives or bombs)."""
-    import dataclasses
-
-    from ecg_rnn.uploads import MAX_UPLOAD_BYTES, UploadedFile, UploadError, read_upload, safe_name
-
     p = Path(path)
     _check_file_size(p, MAX_UPLOAD_BYTES, "archive", "extract it and pass the record's header")
     try:
         name = safe_name(p.name)
     except UploadError:
         name = "archive.zip"
-    record, info = read_upload([UploadedFile(name, p.read_bytes())], fs=fs, lead=lead)
-    return dataclasses.replace(record, source=f"{p}:{info.chosen}")
+    source, info = open_upload([UploadedFile(name, p.read_bytes())], fs=fs, lead=lead)
+    return dataclasses.replace(source, origin=f"{p}:{info.chosen}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -151,7 +325,7 @@ def _check_header_file_names(text: str, header: str) -> None:
     lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
     # refuse absurd channel counts before wfdb parses thousands of lines
     first = lines[0].split() if lines else []
-    claimed = int(first[1]) if len(first) > 1 and first[1].isdigit() and len(first[1]) < 12 else 0
+    claimed = int(first[1]) if len(first) > 1 and first[1].isascii() and first[1].isdigit() and len(first[1]) < 12 else 0
     if max(claimed, len(lines) - 1) > MAX_CHANNELS and "/" not in (first[0] if first else ""):
         raise RecordError(f"{header}: header claims {max(claimed, len(lines) - 1)} signals; at most "
                           f"{MAX_CHANNELS} are supported")
@@ -227,7 +401,7 @@ def choose_lead(sig_name: list[str], units: list[str], lead: str | int | None, w
     names = [str(n) for n in sig_name]
     if lead is not None and str(lead).strip() != "":
         text = str(lead).strip()
-        if text.lstrip("-").isdigit():
+        if text.lstrip("-").isascii() and text.lstrip("-").isdigit():
             i = int(text)
             if 0 <= i < len(names):
                 return i
@@ -254,72 +428,40 @@ def check_signal(n: int, n_missing: int, ptp: float, fs: float, where: str) -> N
     so a recording read in chunks is judged exactly like one read whole)."""
     if n_missing == n:
         raise RecordError(f"{where}: the signal holds no valid samples (all NaN)")
-    if n_missing / n > 0.2:
-        raise RecordError(f"{where}: {n_missing / n:.0%} of the samples are missing (NaN); at most 20% "
-                          "can be bridged")
+    if n_missing / n > MAX_MISSING_SHARE:
+        raise RecordError(f"{where}: {n_missing / n:.0%} of the samples are missing (NaN); at most "
+                          f"{MAX_MISSING_SHARE:.0%} can be bridged")
     if n < MIN_SECONDS * fs:
         raise RecordError(f"{where}: recording is {n / fs:.2f} s long; at least {MIN_SECONDS:g} s "
                           "(a few beats) are needed")
-    if ptp < 1e-6:
+    if ptp < FLAT_PTP_MV:
         raise RecordError(f"{where}: the signal is flat (no variation); check the lead and the file")
 
 
 def validated_signal(x: np.ndarray, fs: float, where: str) -> np.ndarray:
-    x = np.array(x, dtype=np.float64)  # a copy: pandas hands out read-only views, and gaps are filled in place
+    """A checked lead as float32 mV, short gaps (WFDB invalid-sample markers, NaN) bridged linearly."""
+    x = np.asarray(x, dtype=np.float64)
     bad = ~np.isfinite(x)
     finite = x[~bad]
     check_signal(len(x), int(bad.sum()), float(np.ptp(finite)) if len(finite) else 0.0, fs, where)
-    if bad.any():  # short gaps (WFDB invalid-sample markers) are bridged linearly
-        idx = np.arange(len(x))
-        x[bad] = np.interp(idx[bad], idx[~bad], x[~bad])
-    return x.astype(np.float32)
+    return bridge_gaps(x).astype(np.float32)
 
 
-@dataclass(frozen=True)
-class WfdbSource:
-    """A validated single-segment WFDB record whose chosen lead can be read in slices (long Holter
-    recordings are processed in chunks, never loaded whole)."""
-
-    path: Path
-    fs: float
-    sig_len: int
-    channel: int
-    sig_name: tuple[str, ...]
-    units: str
-    to_mv: float
-
-    @property
-    def lead(self) -> str:
-        return self.sig_name[self.channel]
-
-    def read(self, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """Samples [start, stop) of the chosen lead in mV (float64; invalid samples are NaN)."""
+def _wfdb_reader(path: Path, to_mv: list[float]) -> Reader:
+    def read(start: int, stop: int, channels: tuple[int, ...]) -> np.ndarray:
         import wfdb
 
-        stop = self.sig_len if stop is None else min(stop, self.sig_len)
         try:
-            rec = wfdb.rdrecord(str(self.path), channels=[self.channel], sampfrom=start, sampto=stop,
-                                physical=True)
+            rec = wfdb.rdrecord(str(path), channels=list(channels), sampfrom=start, sampto=stop, physical=True)
         except Exception as exc:
-            raise RecordError(f"{self.path.name}.hea: signal file could not be decoded ({type(exc).__name__}: "
+            raise RecordError(f"{path.name}.hea: signal file could not be decoded ({type(exc).__name__}: "
                               f"{str(exc).splitlines()[0][:120] if str(exc) else ''})") from None
-        return rec.p_signal[:, 0] * self.to_mv
+        return rec.p_signal * np.asarray([to_mv[c] for c in channels])
+    return read
 
 
-def check_source(source: WfdbSource, chunk: int) -> None:
-    """check_signal over a recording too long to hold at once, reading it `chunk` samples at a time."""
-    missing, low, high = 0, np.inf, -np.inf
-    for start in range(0, source.sig_len, chunk):
-        x = source.read(start, start + chunk)
-        finite = x[np.isfinite(x)]
-        missing += len(x) - len(finite)
-        if len(finite):
-            low, high = min(low, float(finite.min())), max(high, float(finite.max()))
-    check_signal(source.sig_len, missing, high - low if high >= low else 0.0, source.fs, f"{source.path.name}.hea")
-
-
-def open_wfdb(path: str | os.PathLike, lead: str | int | None = None) -> WfdbSource:
-    """Validate a WFDB header and its signal files without reading the samples."""
+def open_wfdb(path: str | os.PathLike, lead: str | int | None = None, annotator: str = "atr") -> RecordSource:
+    """Validate a WFDB header, its signal files and annotations without reading the samples."""
     import wfdb  # deferred: wfdb pulls in pandas/matplotlib at import time
 
     p = Path(path)
@@ -339,21 +481,15 @@ def open_wfdb(path: str | os.PathLike, lead: str | int | None = None) -> WfdbSou
         raise RecordError(f"{hea.name}: the record line gives no signal length; add it as the 4th field "
                           f"(the signal file holds {sig_len} samples)")
     names = tuple(str(n) for n in (h.sig_name or [f"sig{i}" for i in range(h.n_sig)]))
-    channel = choose_lead(list(names), h.units or [], lead, hea.name)
-    units = ((h.units or [])[channel:channel + 1] or ["mV"])[0] or "mV"
-    to_mv = UNIT_TO_MV.get(units.strip().lower(), 1.0)
-    return WfdbSource(path=p, fs=float(h.fs), sig_len=sig_len, channel=channel, sig_name=names,
-                      units="mV" if units.strip().lower() in UNIT_TO_MV else units, to_mv=to_mv)
-
-
-def read_wfdb(path: str | os.PathLike, lead: str | int | None = None, annotator: str = "atr") -> Record:
-    """Read one lead of a single-segment WFDB record, plus its annotations when the file exists."""
-    source = open_wfdb(path, lead)
-    signal = validated_signal(source.read(), source.fs, f"{source.path.name}.hea")
-    annotations = read_annotations(source.path, annotator, source.sig_len)
-    return Record(name=source.path.name, signal=signal, fs=source.fs, lead=source.lead,
-                  sig_name=source.sig_name, units=source.units, annotations=annotations,
-                  source=str(source.path), digest=content_digest(signal, source.fs, annotations))
+    units = [str(u or "mV") for u in (h.units or ["mV"] * h.n_sig)]
+    channel = choose_lead(list(names), units, lead, hea.name)
+    to_mv = [UNIT_TO_MV.get(u.strip().lower(), 1.0) for u in units]
+    unit = units[channel]
+    return RecordSource(name=p.name, fs=float(h.fs), sig_len=sig_len, sig_name=names, channel=channel,
+                        ecg_channels=ecg_channels(names, units, channel),
+                        units="mV" if unit.strip().lower() in UNIT_TO_MV else unit,
+                        annotations=read_annotations(p, annotator, sig_len), origin=str(p),
+                        reader=_wfdb_reader(p, to_mv))
 
 
 def read_annotations(path: Path, annotator: str, sig_len: int) -> Annotations | None:
@@ -365,7 +501,7 @@ def read_annotations(path: Path, annotator: str, sig_len: int) -> Annotations | 
         return None
     if ann_path.is_symlink() or not ann_path.is_file():
         raise RecordError(f"{ann_path.name}: annotation file is not a regular file")
-    if ann_path.stat().st_size > 16 * sig_len + 4096:
+    if ann_path.stat().st_size > MAX_ANNOTATION_BYTES_PER_SAMPLE * sig_len + ANNOTATION_FILE_SLACK:
         raise RecordError(f"{ann_path.name}: annotation file is larger than any annotation of "
                           f"{sig_len} samples could be")
     try:
@@ -384,7 +520,12 @@ def read_annotations(path: Path, annotator: str, sig_len: int) -> Annotations | 
 
 
 def read_csv(path: str | os.PathLike, fs: float | None = None, lead: str | int | None = None) -> Record:
-    """Read a CSV: one signal column plus `fs`, or a time column (seconds) plus signal columns."""
+    """One lead of a CSV file (see open_csv)."""
+    return open_csv(path, fs, lead).load()
+
+
+def open_csv(path: str | os.PathLike, fs: float | None = None, lead: str | int | None = None) -> RecordSource:
+    """Read a CSV into memory: one signal column plus `fs`, or a time column (seconds) plus signal columns."""
     import pandas as pd
 
     p = Path(path)
@@ -443,10 +584,9 @@ def read_csv(path: str | os.PathLike, fs: float | None = None, lead: str | int |
     if not np.isfinite(fs) or not (MIN_FS <= fs <= MAX_FS):
         raise RecordError(f"{where}: sampling rate {fs:g} Hz is outside the supported {MIN_FS:g}-{MAX_FS:g} Hz")
     channel = choose_lead(signal_cols, ["mV"] * len(signal_cols), lead, where)
-    name = signal_cols[channel]
-    signal = validated_signal(numeric[name].to_numpy(dtype=np.float64), fs, where)
-    return Record(name=p.stem, signal=signal, fs=float(fs), lead=name, sig_name=tuple(signal_cols),
-                  units="mV", annotations=None, source=str(p), digest=content_digest(signal, fs, None))
+    validated_signal(numeric[signal_cols[channel]].to_numpy(dtype=np.float64), fs, where)
+    return source_from_arrays(p.stem, numeric[signal_cols].to_numpy(dtype=np.float64), fs, tuple(signal_cols),
+                              channel, origin=str(p))
 
 
 def _time_column(numeric) -> str | None:
@@ -456,3 +596,36 @@ def _time_column(numeric) -> str | None:
     if _TIME_COLUMN.match(first):
         return first
     return None
+
+
+# ---------------------------------------------------------------------------------------------
+# writing WFDB annotation files (scores, reviews)
+
+
+RECORD_SUFFIXES = (".hea", ".dat", ".atr", *CSV_SUFFIXES, ZIP_SUFFIX)
+MAX_RECORD_NAME = 60
+
+
+def wfdb_record_name(path_or_name: str | os.PathLike) -> str:
+    """A WFDB record name (letters, digits, - and _) for a file or upload name, its suffix dropped."""
+    stem = Path(path_or_name).name
+    for suffix in RECORD_SUFFIXES:
+        if stem.lower().endswith(suffix):
+            stem = stem[: -len(suffix)]
+    return re.sub(r"[^A-Za-z0-9_-]", "_", stem)[:MAX_RECORD_NAME] or "record"
+
+
+def write_annotation_file(folder: str | os.PathLike, record_name: str, extension: str, sample, symbol: list[str],
+                          aux_note: list[str], fs: float, empty_note: str = "no annotations") -> Path:
+    """Write `<folder>/<record_name>.<extension>`, which wfdb.rdann(folder/record_name, extension) reads.
+    WFDB annotation files cannot be empty: without annotations it holds one comment at sample 0."""
+    import wfdb
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    sample = np.asarray(sample, dtype=np.int64)
+    if len(sample) == 0:
+        sample, symbol, aux_note = np.array([0]), ['"'], [empty_note]
+    wfdb.wrann(record_name, extension, sample=sample, symbol=list(symbol), aux_note=list(aux_note), fs=fs,
+               write_dir=str(folder))
+    return folder / f"{record_name}.{extension}"

@@ -21,11 +21,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ecg_rnn.errors import EcgRnnError
+from ecg_rnn.paths import data_dir
+from ecg_rnn.records import wfdb_record_name, write_annotation_file
 
 DB_ENV = "ECG_RNN_REVIEWS_DB"
-DEFAULT_DB = Path(__file__).resolve().parents[1] / "data" / "reviews.sqlite"
 DECISIONS = ("abnormal", "normal", "noise")
-ABNORMAL_CLASSES = ("V", "S", "F", "Q", "other")
+REVIEW_CLASSES = ("V", "S", "F", "Q", "other")  # the AAMI abnormal classes, V first (the commonest review)
 MAX_NOTE = 2000
 MAX_REVIEWER = 80
 SCHEMA_VERSION = 1
@@ -120,9 +121,9 @@ class HistoryEntry:
 
 
 def default_db_path() -> Path:
-    """$ECG_RNN_REVIEWS_DB, else data/reviews.sqlite in the checkout."""
+    """$ECG_RNN_REVIEWS_DB, else data/reviews.sqlite in the working folder (see ecg_rnn.paths)."""
     value = os.environ.get(DB_ENV, "").strip()
-    return Path(value).expanduser() if value else DEFAULT_DB
+    return Path(value).expanduser() if value else data_dir() / "reviews.sqlite"
 
 
 def _now() -> str:
@@ -145,8 +146,8 @@ def validate(decision: str, beat_class: str | None, note: str | None, reviewer: 
         raise ReviewError(f"decision must be one of {', '.join(DECISIONS)}, not {decision!r}")
     beat_class = str(beat_class or "").strip()
     if decision == "abnormal":
-        if beat_class not in ABNORMAL_CLASSES:
-            raise ReviewError(f"an abnormal beat needs a class: one of {', '.join(ABNORMAL_CLASSES)}")
+        if beat_class not in REVIEW_CLASSES:
+            raise ReviewError(f"an abnormal beat needs a class: one of {', '.join(REVIEW_CLASSES)}")
     else:
         beat_class = ""
     reviewer = _clean_text(reviewer, MAX_REVIEWER, "reviewer name").replace("\n", " ")
@@ -340,14 +341,7 @@ def wfdb_annotations(reviews: Iterable[Review]) -> tuple[list[int], list[str], l
 def write_wfdb_annotations(record_name: str, fs: float, reviews: Iterable[Review], folder: str | os.PathLike,
                            extension: str = "rev") -> Path:
     """Write `<record_name>.<extension>` (WFDB annotation file) of the reviewed beats; wfdb.rdann reads it."""
-    import numpy as np
-    import wfdb
-
     samples, symbols, aux = wfdb_annotations(reviews)
     if not samples:
         raise ReviewError("no reviewed beats to export yet")
-    folder = Path(folder)
-    name = "".join(c if c.isalnum() or c in "_-" else "_" for c in record_name)[:60] or "record"
-    wfdb.wrann(name, extension, np.asarray(samples, dtype=np.int64), symbol=symbols, aux_note=aux,
-               fs=fs, write_dir=str(folder))
-    return folder / f"{name}.{extension}"
+    return write_annotation_file(folder, wfdb_record_name(record_name), extension, samples, symbols, aux, fs)

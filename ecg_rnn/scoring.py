@@ -1,15 +1,15 @@
 """Scoring stage: recordings -> beat scores -> flags, written as CSV and WFDB annotation files.
 
-WFDB records are read from disk a chunk at a time (a 24-hour Holter stays within bounded memory);
-CSV and zip files are read whole. Many recordings are scored by a process pool
-(concurrent.futures), one detector per worker, with a progress bar; a recording whose outputs
+Every format goes one way: `records.open_record` gives a chunk-readable source (a WFDB record is read
+from disk a chunk at a time, so a 24-hour Holter stays within bounded memory), `beats_from_source` cuts
+its beats, and one forward pass of the detector scores them. Many recordings are scored by a process
+pool (concurrent.futures), one detector per worker, with a progress bar; a recording whose outputs
 already exist is skipped, so an interrupted run resumes where it stopped.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -18,21 +18,27 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from ecg_rnn.beats import Beats, beats_from_record, beats_from_wfdb
+from ecg_rnn.beats import Beats, beats_from_source
+from ecg_rnn.detector import Analysis, RecurrentAEDetector
 from ecg_rnn.errors import EcgRnnError
-from ecg_rnn.records import Record, read_record
+from ecg_rnn.records import (CSV_SUFFIXES, Record, RecordSource, open_record, source_from_record,
+                             wfdb_record_name, write_annotation_file)
 
 ANNOTATION_EXTENSION = "ecgrnn"  # wfdb.rdann(DIR/<name>, "ecgrnn") reads the flagged beats
-READ_WHOLE_SUFFIXES = (".csv", ".txt", ".zip")  # every other path is a WFDB record, streamed from disk
+FLAG_SYMBOL = "Q"  # WFDB symbol of a flagged beat: unclassified abnormal
 
 
 @dataclass
 class ScoredBeats:
     beats: Beats
-    score: np.ndarray
+    analysis: Analysis  # score, calibrated terms, reconstruction and latent code of every beat
     percentile: np.ndarray
     flagged: np.ndarray  # bool
     has_reference: bool = False
+
+    @property
+    def score(self) -> np.ndarray:
+        return self.analysis.score
 
     def table(self):
         import pandas as pd
@@ -51,18 +57,22 @@ class ScoredBeats:
         return frame
 
 
-def score_beats(detector, beats: Beats, has_reference: bool) -> ScoredBeats:
+def score_beats(detector: RecurrentAEDetector, beats: Beats, has_reference: bool) -> ScoredBeats:
     """Scores, percentiles among held-out normals, and flags of the beats of whole records."""
-    score = detector.score_samples(beats)
-    return ScoredBeats(beats=beats, score=score, percentile=detector.percentile(score),
-                       flagged=score > detector.threshold_, has_reference=has_reference)
+    analysis = detector.analyse(beats)
+    return ScoredBeats(beats=beats, analysis=analysis, percentile=detector.percentile(analysis.score),
+                       flagged=analysis.score > detector.threshold_, has_reference=has_reference)
 
 
-def score_record(detector, record: Record, peaks: str = "detect") -> ScoredBeats:
-    """Cut a record's beats with the detector's own configs (resampled to its rate) and score them;
-    templates come from all beats of the record."""
-    beats = beats_from_record(record, detector.signal_config, detector.beat_config, peaks=peaks)
-    return score_beats(detector, beats, has_reference=record.annotations is not None)
+def score_source(detector: RecurrentAEDetector, source: RecordSource, peaks: str = "detect") -> ScoredBeats:
+    """Cut a recording's beats with the detector's own configs (resampled to its rate) and score them;
+    templates come from all beats of the recording."""
+    beats = beats_from_source(source, detector.signal, detector.beats, peaks=peaks)
+    return score_beats(detector, beats, has_reference=source.annotations is not None)
+
+
+def score_record(detector: RecurrentAEDetector, record: Record, peaks: str = "detect") -> ScoredBeats:
+    return score_source(detector, source_from_record(record), peaks)
 
 
 @dataclass(frozen=True)
@@ -79,61 +89,35 @@ class ScoredFile:
 
 
 def output_name(path: str | os.PathLike) -> str:
-    """WFDB record names allow letters, digits, - and _ only."""
-    stem = Path(path).name
-    for suffix in (".hea", ".csv", ".txt", ".zip"):
-        if stem.lower().endswith(suffix):
-            stem = stem[: -len(suffix)]
-    return re.sub(r"[^A-Za-z0-9_-]", "_", stem) or "record"
+    return wfdb_record_name(path)
 
 
-def score_file(detector, path: str | os.PathLike, out_dir: Path, peaks: str = "detect",
+def score_file(detector: RecurrentAEDetector, path: str | os.PathLike, out_dir: Path, peaks: str = "detect",
                lead: str | int | None = None, fs: float | None = None) -> ScoredFile:
     """Score one recording and write `<out_dir>/<name>.csv` and `<name>.ecgrnn`. The CSV is written
     last and atomically: its presence marks the recording as done."""
-    p = Path(path)
-    if p.suffix.lower() not in READ_WHOLE_SUFFIXES:
-        record_path = p.with_suffix("") if p.suffix.lower() in (".hea", ".dat", ".atr") else p
-        beats, source = beats_from_wfdb(record_path, detector.signal_config, detector.beat_config, peaks=peaks,
-                                        lead=lead)
-        has_reference = source.path.with_name(f"{source.path.name}.atr").exists()
-        rate, lead_name = source.fs, source.lead
-    else:
-        record = read_record(p, lead=lead, fs=fs)
-        beats = beats_from_record(record, detector.signal_config, detector.beat_config, peaks=peaks)
-        has_reference, rate, lead_name = record.annotations is not None, record.fs, record.lead
-    scored = score_beats(detector, beats, has_reference)
-    name = output_name(p)
+    source = open_record(path, lead=lead, fs=fs)
+    scored = score_source(detector, source, peaks)
+    name = output_name(path)
     out_dir.mkdir(parents=True, exist_ok=True)
-    annotations = write_annotations(scored, out_dir, name, rate)
+    annotations = write_annotations(scored, out_dir, name, source.fs)
     csv = out_dir / f"{name}.csv"
     tmp = out_dir / f".{name}.csv.partial"
     scored.table().to_csv(tmp, index=False)
     os.replace(tmp, csv)
-    return ScoredFile(name=name, beats=len(beats), flagged=int(scored.flagged.sum()), fs=rate, lead=lead_name,
-                      csv=csv, annotations=annotations)
+    return ScoredFile(name=name, beats=len(scored.beats), flagged=int(scored.flagged.sum()), fs=source.fs,
+                      lead=source.lead, csv=csv, annotations=annotations)
 
 
 def write_annotations(scored: ScoredBeats, out_dir, record_name: str, fs: float,
                       extension: str = ANNOTATION_EXTENSION) -> Path:
     """WFDB annotation file `<out_dir>/<record_name>.ecgrnn` with one annotation per flagged beat:
     symbol 'Q' (unclassified abnormal beat) at the beat's R-peak sample, and "score=... pct=..." as its
-    aux_note. Read it with wfdb.rdann(str(out_dir / record_name), "ecgrnn"). When nothing is flagged the
-    file holds one comment annotation (symbol '"') at sample 0, since WFDB files cannot be empty."""
-    import wfdb
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    aux_note. Read it with wfdb.rdann(str(out_dir / record_name), "ecgrnn")."""
     idx = np.flatnonzero(scored.flagged)
-    samples = scored.beats.sample[idx].astype(np.int64)
-    if len(samples) == 0:  # wrann needs at least one annotation: write a note at sample 0
-        samples, symbols, aux = np.array([0]), ["\""], ["ecg-rnn: no beats flagged"]
-    else:
-        symbols = ["Q"] * len(idx)
-        aux = [f"score={scored.score[i]:.2f} pct={scored.percentile[i]:.1f}" for i in idx]
-    wfdb.wrann(record_name, extension, sample=samples, symbol=symbols, aux_note=aux, fs=fs,
-               write_dir=str(out_dir))
-    return out_dir / f"{record_name}.{extension}"
+    aux = [f"score={scored.score[i]:.2f} pct={scored.percentile[i]:.1f}" for i in idx]
+    return write_annotation_file(out_dir, record_name, extension, scored.beats.sample[idx], [FLAG_SYMBOL] * len(idx),
+                                 aux, fs, empty_note="ecg-rnn: no beats flagged")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -146,7 +130,7 @@ def expand_inputs(inputs: list[str | os.PathLike]) -> list[Path]:
     for item in map(Path, inputs):
         if item.is_dir():
             found += sorted(p.with_suffix("") for p in item.glob("*.hea"))
-            found += sorted(item.glob("*.csv"))
+            found += sorted(p for suffix in CSV_SUFFIXES for p in item.glob(f"*{suffix}"))
         else:
             found.append(item)
     return list(dict.fromkeys(found))
@@ -162,8 +146,6 @@ _worker: dict = {}
 
 def _init_worker(model_path: str, threads: int) -> None:
     import torch
-
-    from ecg_rnn.detector import RecurrentAEDetector
 
     torch.set_num_threads(threads)
     _worker["detector"] = RecurrentAEDetector.load(model_path)
@@ -189,8 +171,6 @@ def score_many(paths: list[Path], model_path: Path, out_dir: Path, workers: int 
     result = BulkResult(scored=[], skipped=[p for p in paths if p not in todo], failed=[])
     if not todo:
         return result
-    from ecg_rnn.detector import RecurrentAEDetector
-
     detector = RecurrentAEDetector.load(model_path)  # a bad model file fails here, once, in one line
     workers = max(1, min(workers or os.cpu_count() or 1, len(todo)))
     bar = tqdm(total=len(todo), desc="scoring", unit="record", disable=None if progress else True, file=sys.stderr)

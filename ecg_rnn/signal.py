@@ -9,6 +9,7 @@ import numpy as np
 from scipy import signal as sps
 
 from ecg_rnn.errors import SignalError
+from ecg_rnn.records import FLAT_PTP_MV, bridge_gaps
 
 
 @dataclass(frozen=True)
@@ -163,13 +164,10 @@ def _checked_lead(x: np.ndarray, fs: float) -> tuple[np.ndarray, float]:
         x = x.reshape(-1)
     if len(x) < fs:
         raise SignalError(f"signal is only {len(x) / fs:.2f} s long; need at least 1 s of ECG to find R-peaks")
-    finite = np.isfinite(x)
-    if not finite.all():
-        if finite.sum() < 2:
-            raise SignalError("signal has fewer than 2 finite samples; check the recording")
-        idx = np.arange(len(x))
-        x = np.interp(idx, idx[finite], x[finite])
-    if np.ptp(x) < 1e-6:
+    if np.isfinite(x).sum() < 2:
+        raise SignalError("signal has fewer than 2 finite samples; check the recording")
+    x = bridge_gaps(x)
+    if np.ptp(x) < FLAT_PTP_MV:
         raise SignalError(f"signal is flat (peak-to-peak {np.ptp(x):.3g} mV); check the lead and its gain")
     return x, fs
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -23,8 +23,9 @@ from tqdm.auto import tqdm
 from ecg_rnn import distributed
 from ecg_rnn.model import RecurrentAutoencoder
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 RESUME_FILE = "training_state.pt"
+INFERENCE_BATCH = 2048  # beats per forward pass when scoring (bounded memory, near-peak throughput)
+MIN_IMPROVEMENT = 1e-6  # a held-out loss must drop by more than this to count as better
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ class TrainConfig:
     device: str = "auto"  # auto (CUDA when available) | cpu | cuda
     max_train_beats: int | None = None  # beats drawn per epoch from the training pool (None: all)
     threads: int = 1  # torch CPU threads (small recurrent nets gain little from more; 1 is robust on shared CPUs)
-    time_budget_s: float | None = 900.0  # stop after the epoch that passes this wall time (make train < 20 min)
+    time_budget_s: float | None = None  # stop after the epoch that passes this wall time (`ecg-rnn train` sets it)
     grad_clip: float = 1.0
 
     def to_dict(self) -> dict:
@@ -54,10 +55,20 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % (2 ** 32))
-    torch.manual_seed(seed)
+@contextmanager
+def private_torch_state(seed: int, threads: int | None):
+    """Seed torch (weights, dropout) and set its CPU threads for the block only: the caller's global
+    random state and thread count are as it left them afterwards."""
+    previous_threads = torch.get_num_threads()
+    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(seed)
+        if threads:
+            torch.set_num_threads(threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(previous_threads)
 
 
 def _tensors(inputs: dict[str, np.ndarray], device) -> list[torch.Tensor]:
@@ -66,7 +77,7 @@ def _tensors(inputs: dict[str, np.ndarray], device) -> list[torch.Tensor]:
 
 @torch.no_grad()
 def batch_errors(model: RecurrentAutoencoder, inputs: dict[str, np.ndarray], device=None,
-                 batch_size: int = 2048) -> np.ndarray:
+                 batch_size: int = INFERENCE_BATCH) -> np.ndarray:
     """Per-beat mean squared reconstruction error."""
     device = device or next(model.parameters()).device
     model.eval()
@@ -86,9 +97,11 @@ def fit_autoencoder(model: RecurrentAutoencoder, train: dict[str, np.ndarray], v
     With run_dir, the training state is saved after every epoch (weights-only torch file, loaded with
     weights_only=True) and `resume` continues from it.
     """
-    seed_everything(config.seed)
-    if config.threads:
-        torch.set_num_threads(config.threads)
+    with private_torch_state(config.seed, config.threads):
+        return _train_epochs(model, train, val, config, run_dir, resume, progress, log)
+
+
+def _train_epochs(model, train, val, config: TrainConfig, run_dir, resume, progress, log) -> list[dict]:
     device = resolve_device(config.device)
     distributed.setup(device)  # under torchrun: join the process group; otherwise nothing
     device = distributed.local_device(device)
@@ -146,7 +159,7 @@ def fit_autoencoder(model: RecurrentAutoencoder, train: dict[str, np.ndarray], v
         total, count = distributed.sum_across(total, count)
         train_loss = total / max(count, 1)
         val_loss = float(batch_errors(model, val, device).mean()) if len(val["wave"]) else train_loss
-        improved = val_loss < best_loss - 1e-6
+        improved = val_loss < best_loss - MIN_IMPROVEMENT
         if improved:
             best_loss, stale = val_loss, 0
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -173,52 +186,3 @@ def fit_autoencoder(model: RecurrentAutoencoder, train: dict[str, np.ndarray], v
         model.load_state_dict(best_state)
     model.eval()
     return history
-
-
-# ---------------------------------------------------------------------------------------------
-# `ecg-rnn train`
-
-
-def run_training(name: str = "default", model_config=None, train_config: TrainConfig | None = None,
-                 runs_dir: Path = REPO_ROOT / "runs", resume: bool = False, progress: bool = True,
-                 threshold_percentile: float | None = None, ship_to: Path | None = None) -> dict | None:
-    """Train the detector on DS1 normal beats, evaluate on DS2, write runs/<name>/. Under torchrun
-    every rank trains its share of each batch; rank 0 alone evaluates, writes and returns the result."""
-    from ecg_rnn.detector import DEFAULT_MODEL_CONFIG, DEFAULT_TRAIN_CONFIG, RecurrentAEDetector
-    from ecg_rnn.evaluate import evaluate_detector, write_model_card, write_plots
-    from ecg_rnn.protocols import DS1, build_beat_set, inter_patient
-
-    run_dir = Path(runs_dir) / name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    model_config = model_config or DEFAULT_MODEL_CONFIG
-    train_config = train_config or DEFAULT_TRAIN_CONFIG
-    started = time.monotonic()
-    beats = build_beat_set(progress=progress)
-    split = inter_patient(beats)
-    kwargs = {} if threshold_percentile is None else {"threshold_percentile": threshold_percentile}
-    det = RecurrentAEDetector(model=model_config, training=train_config, **kwargs)
-    context = beats.subset(np.isin(beats.record, DS1))  # templates / RR90 from all beats of each record
-    det.fit(split.train, context=context, run_dir=run_dir, resume=resume, progress=progress,
-            description="MIT-BIH DS1 (de Chazal 2004) normal beats, reference R-peaks")
-    if not distributed.is_main():  # the other torchrun ranks only helped to train
-        distributed.teardown()
-        return None
-    train_s = time.monotonic() - started
-    det.save(run_dir / "model.safetensors")
-    scores = det.score_samples(split.test, context=beats)
-    metrics = evaluate_detector(split.test, scores, det.threshold_)
-    result = {"name": name, "protocol": "inter-patient (DS1 -> DS2)", "metrics": metrics,
-              "model": model_config.to_dict(), "training": train_config.to_dict(),
-              "threshold": det.threshold_, "threshold_rule": det.threshold_rule,
-              "history": det.history_, "train_seconds": round(train_s, 1),
-              "n_train_beats": int(len(split.train)), "n_test_beats": int(len(split.test))}
-    write_plots(run_dir, det.history_, {name: (split.test, scores)}, det.threshold_)
-    (run_dir / "metrics.json").write_text(json.dumps(result, indent=2))
-    if ship_to is not None:
-        ship_to = Path(ship_to)
-        ship_to.parent.mkdir(parents=True, exist_ok=True)
-        det.save(ship_to)
-        write_model_card(ship_to, det, {"inter-patient (DS1 -> DS2)": metrics},
-                         {"train_seconds": result["train_seconds"], "made_by": f"ecg-rnn train --name {name}"})
-    distributed.teardown()
-    return result

@@ -1,10 +1,10 @@
-"""Uploaded recordings: untrusted bytes -> a private folder per upload -> a validated `Record`.
+"""Uploaded files: untrusted bytes -> a private folder per upload (the records stage reads it).
 
 Every uploaded file name and every zip member is checked before anything touches the disk: no path
 separators, no `..`, no absolute paths, no hidden or device-like names, no symbolic links, no nested
 archives, and bounded counts and sizes (an archive is streamed with a hard cap, so a zip bomb or a
 member that lies about its size stops at the limit). The files land in a fresh `tempfile.mkdtemp`
-folder (mode 0700) that nothing else shares, and `records.read_record` then applies the library's
+folder (mode 0700) that nothing else shares, and `records.open_upload` then applies the library's
 own validation (a header may only name signal files beside it).
 """
 
@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ecg_rnn.errors import RecordError
-from ecg_rnn.records import Record, read_record
 
 MAX_UPLOAD_BYTES = 256 << 20  # per upload, all files together (matches .streamlit/config.toml)
 MAX_EXTRACTED_BYTES = 1 << 30  # what one zip may expand to, all members together
@@ -234,50 +233,3 @@ def upload_folder(files: Iterable[UploadedFile], max_extracted: int = MAX_EXTRAC
         yield folder, saved
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-
-
-@dataclass(frozen=True)
-class UploadInfo:
-    """What an upload holds: the record entry points found, and which one was read."""
-
-    candidates: tuple[str, ...]
-    chosen: str
-
-
-def read_upload(files: Iterable[UploadedFile], choice: str | None = None, fs: float | None = None,
-                lead: str | int | None = None, max_extracted: int = MAX_EXTRACTED_BYTES
-                ) -> tuple[Record, UploadInfo]:
-    """Save an upload privately, pick its record (a WFDB header or a CSV), read and validate it.
-
-    Raises RecordError (UploadError for the upload itself) with one specific line on any problem.
-    """
-    files = list(files)
-    with upload_folder(files, max_extracted=max_extracted) as (folder, saved):
-        candidates = record_candidates(folder)
-        if not candidates:
-            kinds = ", ".join(sorted({Path(n).suffix or n for n in saved})) or "nothing"
-            hint = " (a .dat needs its .hea header)" if any(n.lower().endswith(".dat") for n in saved) else ""
-            raise UploadError(f"upload: no record found in {kinds}{hint}; upload a WFDB header (.hea) "
-                              "with its signal file (.dat), a .zip of them, or a .csv")
-        if choice is None:
-            chosen = candidates[0]
-        elif choice in candidates:
-            chosen = choice
-        else:
-            raise UploadError(f"upload: {choice!r} is not in the upload; choose one of {', '.join(candidates)}")
-        path = folder / chosen
-        try:
-            record = read_record(path, lead=lead, fs=fs)
-        except RecordError:
-            raise
-        except (OSError, MemoryError) as exc:
-            raise UploadError(f"{chosen}: could not be read ({type(exc).__name__})") from None
-        record = _without_temp_paths(record, chosen)
-        return record, UploadInfo(candidates=tuple(candidates), chosen=chosen)
-
-
-def _without_temp_paths(record: Record, chosen: str) -> Record:
-    """The upload folder is gone once the record is read: keep only the file name as its source."""
-    import dataclasses
-
-    return dataclasses.replace(record, source=f"upload:{chosen}")

@@ -1,4 +1,5 @@
-"""Shared fixtures: real records from data/ and, where present, the full MIT-BIH from ../shared."""
+"""Shared fixtures: real records shipped in data/, the full MIT-BIH from ../shared (a test that needs it
+fails when it is absent), and the shipped default model, loaded once per session."""
 
 from __future__ import annotations
 
@@ -7,9 +8,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-SAMPLE_DIR = REPO / "data" / "mitdb-sample"
-SHARED_MITDB = REPO.parent / "shared" / "data" / "mitdb"
+from local_data import SAMPLE_DIR, require_shared_mitdb
 
 
 @pytest.fixture
@@ -17,11 +16,20 @@ def sample_dir() -> Path:
     return SAMPLE_DIR
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def shared_mitdb() -> Path:
-    if not (SHARED_MITDB / "100.hea").exists():
-        pytest.skip("full MIT-BIH not present at ../shared/data/mitdb")
-    return SHARED_MITDB
+    return require_shared_mitdb()
+
+
+@pytest.fixture(scope="session")
+def default_detector():
+    """The shipped default model (it ships with the project: missing is a failure, not a skip)."""
+    from ecg_rnn.detector import RecurrentAEDetector
+    from ecg_rnn.paths import default_model_path
+
+    path = default_model_path()
+    assert path.is_file(), f"the shipped default model {path} is missing"
+    return RecurrentAEDetector.load(path)
 
 
 @pytest.fixture

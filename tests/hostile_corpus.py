@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-SAMPLE = ROOT / "data" / "mitdb-sample"
+SAMPLE = ROOT / "ecg_rnn" / "samples" / "mitdb"
 SECONDS = 40  # excerpt length: long enough for RR context, short enough to score in well under a second
 CANARY = "canary"
 CANARY_FILE = "secret.dat"

@@ -20,7 +20,7 @@ from ecg_rnn.reviews import ReviewStore  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "app.py")
-SAMPLE = ROOT / "data" / "mitdb-sample"
+SAMPLE = ROOT / "ecg_rnn" / "samples" / "mitdb"
 TIMEOUT = 180
 
 

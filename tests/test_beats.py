@@ -131,10 +131,12 @@ def test_normalise_beat_zscores():
 @pytest.mark.parametrize("peaks", ["detect", "reference"])
 def test_chunked_reading_equals_the_whole_record(tmp_path, sample_dir, peaks):
     from benchmarks.holter import build_holter
-    from ecg_rnn.beats import beats_from_wfdb
+    from ecg_rnn.beats import beats_from_source
+    from ecg_rnn.records import open_record
 
     path = build_holter(tmp_path / "long", sample_dir, ("100", "208", "232"))  # 1.5 h, one lead
-    chunked, source = beats_from_wfdb(path, peaks=peaks, chunk_s=300)  # 18 chunk borders
+    source = open_record(path)
+    chunked = beats_from_source(source, peaks=peaks, chunk_s=300)  # 18 chunk borders
     whole = beats_from_record(read_record(path), peaks=peaks, chunk_s=1e9)
     assert source.sig_len == 3 * 650000
     assert np.array_equal(chunked.sample, whole.sample)

@@ -12,7 +12,7 @@ import pytest
 
 from browser_helpers import CHROMIUM, CHROMIUM_ARGS, ROOT, smallest_model, streamlit_server
 
-SAMPLE = ROOT / "data" / "mitdb-sample"
+SAMPLE = ROOT / "ecg_rnn" / "samples" / "mitdb"
 ARTIFACTS = ROOT / "test-artifacts"
 RECORD = "208"
 

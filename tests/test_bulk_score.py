@@ -8,7 +8,7 @@ import sys
 import pandas as pd
 import wfdb
 
-from ecg_rnn.detector import default_model_path
+from ecg_rnn.paths import default_model_path
 from ecg_rnn.scoring import ANNOTATION_EXTENSION, expand_inputs, score_many
 
 

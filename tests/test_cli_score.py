@@ -9,7 +9,7 @@ import pytest
 
 from ecg_rnn.cli import main
 
-SAMPLE = Path(__file__).resolve().parents[1] / "data" / "mitdb-sample"
+SAMPLE = Path(__file__).resolve().parents[1] / "ecg_rnn" / "samples" / "mitdb"
 COLUMNS = ["sample", "time_s", "rr_prev_s", "score", "percentile", "flagged"]
 
 

@@ -32,7 +32,7 @@ def _audit(event, args):
 
 sys.addaudithook(_audit)  # audit hooks cannot be removed; it is inert while _watch["folder"] is None
 # Warm up: the first read imports wfdb and pandas, which open their own metadata files.
-read_record(Path(__file__).resolve().parents[1] / "data" / "mitdb-sample" / "100")
+read_record(Path(__file__).resolve().parents[1] / "ecg_rnn" / "samples" / "mitdb" / "100")
 
 
 MAX_PEAK_BYTES = 64 << 20  # inputs are a few KiB: any allocation near this follows a hostile size claim

@@ -3,7 +3,7 @@
 (a) the library: `read_record` + `score_record` with the shipped default model;
 (b) the CLI `python -m ecg_rnn score CASE --out DIR` in its own process: exit 0 with a CSV, or exit 2
     with exactly one stderr line and no traceback; nothing created or changed outside the out folder;
-(c) the dashboard: the upload functions the app uses (`uploads.read_upload` + `dashboard.analyse`), and
+(c) the dashboard: the upload functions the app uses (`records.read_upload` + `dashboard.analyse`), and
     for a few cases the app itself (AppTest), which shows one specific error.
 
 Each case ends in its specific error or a correct result, within a time bound; the cases refused for
@@ -27,9 +27,8 @@ import pytest
 
 import hostile_corpus as hc
 from ecg_rnn import dashboard as dash
-from ecg_rnn import uploads as up
 from ecg_rnn.errors import EcgRnnError
-from ecg_rnn.records import read_record
+from ecg_rnn.records import read_record, read_upload
 
 ROOT = Path(__file__).resolve().parents[1]
 TIME_LIMIT_S = 60.0
@@ -45,7 +44,8 @@ def corpus(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def detector():
-    from ecg_rnn.detector import RecurrentAEDetector, default_model_path
+    from ecg_rnn.detector import RecurrentAEDetector
+    from ecg_rnn.paths import default_model_path
 
     if not default_model_path().is_file():
         pytest.skip("no shipped default model (models/default.safetensors)")
@@ -267,7 +267,7 @@ def test_dashboard_upload_path_for_every_case(corpus, detector, tmp_path, monkey
         problems = []
         t0 = time.monotonic()
         try:
-            record, _info = up.read_upload(case.uploaded(root), fs=case.fs)
+            record, _info = read_upload(case.uploaded(root), fs=case.fs)
             a = dash.analyse(record, detector)
         except EcgRnnError as exc:
             problems += _error_problems(case, str(exc), case.expected_upload)

@@ -16,7 +16,7 @@ import pytest
 
 from browser_helpers import CHROMIUM, CHROMIUM_ARGS, ROOT, health, smallest_model, streamlit_server
 
-SAMPLE = ROOT / "data" / "mitdb-sample"
+SAMPLE = ROOT / "ecg_rnn" / "samples" / "mitdb"
 MINUTES = 1.5
 HEALTH_BOUND_S = 5.0  # every health poll answers within this, however busy the sessions are (2 cores)
 SESSION_TIMEOUT_MS = 100_000

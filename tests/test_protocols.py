@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import collections
-import time
+import dataclasses
 
 import numpy as np
 import pytest
 
 from ecg_rnn.beats import BeatConfig
+from ecg_rnn import protocols
 from ecg_rnn.errors import DataNotFoundError
 from ecg_rnn.protocols import (ALL_RECORDS, DS1, DS2, NON_PACED, PACED, build_beat_set, inter_patient,
                                intra_patient, locate_mitdb)
@@ -32,14 +33,19 @@ def test_locate_refuses_empty_mitdb_dir(monkeypatch, tmp_path):
         locate_mitdb()
 
 
-def test_cache_is_reused_and_keyed_by_config(tmp_path, sample_dir):
+def test_cache_is_reused_and_keyed_by_config(tmp_path, sample_dir, monkeypatch):
     records = ("100", "232")
     first = build_beat_set(records, sample_dir, cache_dir=tmp_path, progress=False)
     assert len(list(tmp_path.glob("beats-*.npz"))) == 1
-    started = time.perf_counter()
-    again = build_beat_set(records, sample_dir, cache_dir=tmp_path, progress=False)
-    assert time.perf_counter() - started < 0.5
-    assert np.array_equal(first.waves, again.waves) and np.array_equal(first.aami, again.aami)
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("a cached beat set was built again from the records")
+
+    with monkeypatch.context() as patch:  # the second build must come from the cache alone
+        patch.setattr(protocols, "read_record", no_reading)
+        again = build_beat_set(records, sample_dir, cache_dir=tmp_path, progress=False)
+    for field in dataclasses.fields(first):
+        assert np.array_equal(getattr(first, field.name), getattr(again, field.name)), field.name
     build_beat_set(records, sample_dir, beat_config=BeatConfig(pre_s=0.3), cache_dir=tmp_path, progress=False)
     assert len(list(tmp_path.glob("beats-*.npz"))) == 2
 
@@ -60,10 +66,8 @@ def test_intra_patient_folds_partition_the_normals(sample_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_whole_database_builds_fast_with_de_chazal_counts(shared_mitdb, tmp_path):
-    started = time.perf_counter()
-    beats = build_beat_set(ALL_RECORDS, shared_mitdb, cache_dir=tmp_path, progress=False)
-    assert time.perf_counter() - started < 60
+def test_whole_database_has_de_chazal_counts(shared_mitdb, tmp_path):
+    beats = build_beat_set(ALL_RECORDS, shared_mitdb, cache_dir=tmp_path, progress=False)  # speed: make bench
     split = inter_patient(beats)
     assert set(split.train.aami) == {"N"} and set(np.unique(split.train.record)) <= set(DS1)
     counts = collections.Counter(split.test.aami)

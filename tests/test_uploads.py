@@ -19,9 +19,10 @@ from hostile_corpus import zip_bytes
 from ecg_rnn import uploads
 from ecg_rnn.errors import RecordError
 from ecg_rnn.records import read_record
-from ecg_rnn.uploads import UploadedFile, UploadError, read_upload, safe_name, save_upload
+from ecg_rnn.records import read_upload
+from ecg_rnn.uploads import UploadedFile, UploadError, safe_name, save_upload
 
-SAMPLE = Path(__file__).resolve().parents[1] / "data" / "mitdb-sample"
+SAMPLE = Path(__file__).resolve().parents[1] / "ecg_rnn" / "samples" / "mitdb"
 
 
 def _files(name: str, *exts: str) -> list[UploadedFile]:
