@@ -24,7 +24,7 @@ log = logging.getLogger("ecg_rnn.app")
 
 DECISION_LABELS = {"abnormal": "Abnormal", "normal": "Normal (false alarm)", "noise": "Noise"}
 VIEWS = ("Beats", "Groups", "Overview", "Export")
-UPLOAD_TYPES = ["hea", "dat", "atr", "qrs", "zip", "csv", "txt"]
+UPLOAD_TYPES = ["hea", "dat", "atr", "qrs", "zip", "csv", "txt", "edf", "bdf"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -191,7 +191,8 @@ if source == "Example record":
     lead_key = f"lead:ex:{name}"
 else:
     files = st.sidebar.file_uploader(
-        "WFDB files (.hea + .dat, optional .atr), a .zip of them, or a .csv", type=UPLOAD_TYPES,
+        "WFDB files (.hea + .dat, optional .atr), an EDF / EDF+ / BDF file, a .zip of them, or a .csv",
+        type=UPLOAD_TYPES,
         accept_multiple_files=True, key="upload",
         help="Select the record's files together. A CSV holds one ECG column per lead, with a first "
              "column 'time' in seconds, or give the sampling rate below.")

@@ -201,13 +201,16 @@ def source_from_record(record: "Record") -> RecordSource:
 
 def open_record(path: str | os.PathLike, lead: str | int | None = None, fs: float | None = None,
                 annotator: str = "atr") -> RecordSource:
-    """Open a WFDB record (path without extension, or its .hea), a CSV file or a .zip of either."""
+    """Open a WFDB record (path without extension, or its .hea), an EDF / EDF+ / BDF file, a CSV file
+    or a .zip of any of them."""
     p = Path(path)
     suffix = p.suffix.lower()
     if suffix in CSV_SUFFIXES:
         return open_csv(p, fs=fs, lead=lead)
     if suffix == ZIP_SUFFIX:
         return read_zip(p, fs=fs, lead=lead)
+    if suffix in EDF_SUFFIXES:
+        return open_edf(p, lead=lead)
     if suffix in (".hea", ".dat", ".atr"):
         p = p.with_suffix("")
     return open_wfdb(p, lead=lead, annotator=annotator)
@@ -516,6 +519,121 @@ def read_annotations(path: Path, annotator: str, sig_len: int) -> Annotations | 
 
 
 # ---------------------------------------------------------------------------------------------
+# EDF, EDF+ and BDF (pyedflib: a maintained C reader that reads a slice of a signal without loading it)
+
+EDF_SUFFIXES = (".edf", ".bdf")
+EDF_FIXED_HEADER = 256  # bytes of the file header; then 256 bytes per signal
+EDF_ANNOTATION_LABELS = ("EDF Annotations", "BDF Annotations")
+
+
+def _edf_field(raw: bytes, start: int, length: int, where: str, what: str) -> str:
+    try:
+        return raw[start:start + length].decode("ascii").strip()
+    except UnicodeDecodeError:
+        raise RecordError(f"{where}: not an EDF/BDF file (the {what} field is not ASCII text)") from None
+
+
+def _edf_int(raw: bytes, start: int, length: int, where: str, what: str) -> int:
+    text = _edf_field(raw, start, length, where, what)
+    try:
+        return int(text)
+    except ValueError:
+        raise RecordError(f"{where}: not a valid EDF/BDF header ({what} {text[:12]!r} is not a number)") from None
+
+
+def _check_edf_header(path: Path) -> None:
+    """Check what an EDF/BDF header claims against the file itself before the C reader sees it: signal
+    count, header size and record count must agree with the file's size (a truncated file or a header
+    that lies is refused here, in one line)."""
+    where = path.name
+    if path.is_symlink():
+        raise RecordError(f"{where}: is a symbolic link; refusing to follow it")
+    if not path.is_file():
+        raise RecordError(f"{where}: file not found")
+    size = path.stat().st_size
+    with path.open("rb") as fh:
+        fixed = fh.read(EDF_FIXED_HEADER)
+        if len(fixed) < EDF_FIXED_HEADER or fixed[:8] not in (b"0       ", b"\xffBIOSEMI"):
+            raise RecordError(f"{where}: not an EDF or BDF file (no EDF header); export the recording as "
+                              "EDF/EDF+/BDF, WFDB or CSV")
+        n_signals = _edf_int(fixed, 252, 4, where, "signal count")
+        if not 1 <= n_signals <= MAX_CHANNELS:
+            raise RecordError(f"{where}: header claims {n_signals} signals; 1-{MAX_CHANNELS} are supported")
+        header_bytes = _edf_int(fixed, 184, 8, where, "header size")
+        if header_bytes != EDF_FIXED_HEADER * (n_signals + 1):
+            raise RecordError(f"{where}: header size {header_bytes} does not match its {n_signals} signals; "
+                              "the header is corrupt")
+        signal_headers = fh.read(header_bytes - EDF_FIXED_HEADER)
+    if len(signal_headers) < header_bytes - EDF_FIXED_HEADER:
+        raise RecordError(f"{where}: the file ends inside its header; it is truncated")
+    bytes_per_sample = 3 if fixed[:8] == b"\xffBIOSEMI" else 2
+    per_record = sum(_edf_int(signal_headers, 216 * n_signals + 8 * i, 8, where, "samples per record")
+                     for i in range(n_signals))
+    n_records = _edf_int(fixed, 236, 8, where, "record count")
+    record_bytes = per_record * bytes_per_sample
+    if record_bytes <= 0 or n_records == 0 or n_records < -1:
+        raise RecordError(f"{where}: header describes no samples ({n_records} records of {per_record} samples)")
+    available = (size - header_bytes) // record_bytes
+    if n_records > available:
+        raise RecordError(f"{where}: header claims {n_records} data records but the file holds {available}; "
+                          "the file is truncated or its header is wrong")
+    if n_records * per_record > MAX_SAMPLES * n_signals:
+        raise RecordError(f"{where}: header claims {n_records * per_record} samples; at most "
+                          f"{MAX_SAMPLES} per signal are supported")
+
+
+def _edf_reader(path: Path, to_mv: list[float]) -> Reader:
+    def read(start: int, stop: int, channels: tuple[int, ...]) -> np.ndarray:
+        import pyedflib
+
+        with pyedflib.EdfReader(str(path)) as edf:
+            return np.stack([edf.readSignal(c, start, stop - start) * to_mv[c] for c in channels], axis=1)
+    return read
+
+
+def _edf_annotations(edf, fs: float, sig_len: int) -> Annotations | None:
+    """EDF+ annotations as reference events: onset -> sample; the text is the symbol (a WFDB beat symbol
+    such as N or V makes it a reference beat; anything else is kept as an event)."""
+    onsets, _durations, texts = edf.readAnnotations()
+    if len(onsets) == 0:
+        return None
+    sample = np.round(np.asarray(onsets, dtype=np.float64) * fs).astype(np.int64)
+    keep = (sample >= 0) & (sample < sig_len)
+    return Annotations(sample=sample[keep], symbol=np.asarray([str(t).strip() for t in texts], dtype=str)[keep])
+
+
+def open_edf(path: str | os.PathLike, lead: str | int | None = None) -> RecordSource:
+    """An EDF, EDF+ or BDF recording: ECG leads sharing the chosen lead's rate, read in slices."""
+    import pyedflib
+
+    p = Path(path)
+    _check_edf_header(p)
+    try:
+        with pyedflib.EdfReader(str(p)) as edf:
+            labels = [str(x) for x in edf.getSignalLabels()]
+            rates = [float(f) for f in edf.getSampleFrequencies()]
+            lengths = [int(n) for n in edf.getNSamples()]
+            units = [str(edf.getPhysicalDimension(i)) for i in range(len(labels))]
+            channel = choose_lead(labels, units, lead, p.name)
+            fs = rates[channel]
+            if not (np.isfinite(fs) and MIN_FS <= fs <= MAX_FS):
+                raise RecordError(f"{p.name}: sampling rate {fs:g} Hz is outside the supported "
+                                  f"{MIN_FS:g}-{MAX_FS:g} Hz")
+            annotations = _edf_annotations(edf, fs, lengths[channel])
+    except RecordError:
+        raise
+    except Exception as exc:  # pyedflib reports malformed files as OSError and others
+        raise RecordError(f"{p.name}: not a readable EDF/BDF file ({type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0][:120] if str(exc) else 'unreadable'})") from None
+    same_rate = [i for i, r in enumerate(rates) if r == fs and lengths[i] == lengths[channel]]
+    ecg = tuple(i for i in ecg_channels(tuple(labels), units, channel) if i in same_rate)
+    to_mv = [UNIT_TO_MV.get(u.strip().lower(), 1.0) for u in units]
+    return RecordSource(name=p.stem, fs=fs, sig_len=lengths[channel], sig_name=tuple(labels), channel=channel,
+                        ecg_channels=ecg, units="mV", annotations=annotations, origin=str(p),
+                        reader=_edf_reader(p, to_mv))
+
+
+# ---------------------------------------------------------------------------------------------
 # CSV
 
 
@@ -602,7 +720,7 @@ def _time_column(numeric) -> str | None:
 # writing WFDB annotation files (scores, reviews)
 
 
-RECORD_SUFFIXES = (".hea", ".dat", ".atr", *CSV_SUFFIXES, ZIP_SUFFIX)
+RECORD_SUFFIXES = (".hea", ".dat", ".atr", *CSV_SUFFIXES, *EDF_SUFFIXES, ZIP_SUFFIX)
 MAX_RECORD_NAME = 60
 
 
