@@ -46,6 +46,8 @@ UNIT_TO_MV = {"mv": 1.0, "uv": 1e-3, "µv": 1e-3, "v": 1e3, "nu": 1.0, "": 1.0}
 
 _ECG_LEAD = re.compile(
     r"^(ml?i{1,3}|i{1,3}|a?v[rlf]|v\d|mlii|ecg.*|cm\d|d\d|ml\d?|mv\d|lead.*|v|ds?\d)$", re.IGNORECASE)
+# MIT-BIH's modified lead II first, then II, then the chest leads (where ectopy is judged), then the rest
+PREFERRED_LEADS = ("MLII", "II", "V1", "V5", "V2", "V3", "V4", "V6", "V")
 _TIME_COLUMN = re.compile(r"^(time|t|time_s|times|seconds|sec|s|elapsed.*|'elapsed time')$", re.IGNORECASE)
 
 
@@ -400,7 +402,8 @@ def _check_signal_files(h, folder: Path, hea_name: str) -> int:
 
 
 def choose_lead(sig_name: list[str], units: list[str], lead: str | int | None, where: str) -> int:
-    """MLII where present, else the first ECG-looking lead, else the first signal; or the user's choice."""
+    """The user's choice; else MLII / II, then a chest lead (PREFERRED_LEADS), else the first ECG-looking
+    lead, else the first signal."""
     names = [str(n) for n in sig_name]
     if lead is not None and str(lead).strip() != "":
         text = str(lead).strip()
@@ -414,16 +417,20 @@ def choose_lead(sig_name: list[str], units: list[str], lead: str | int | None, w
             if n.strip().lower() == text.lower():
                 return i
         raise RecordError(f"{where}: lead {text!r} not found; available leads: {', '.join(names)}")
+    for wanted in PREFERRED_LEADS:  # the leads a reader expects first: II, then the chest leads
+        for i, n in enumerate(names):
+            if _lead_key(n) == wanted:
+                return i
     for i, n in enumerate(names):
-        if n.strip().upper() == "MLII":
-            return i
-    for i, n in enumerate(names):
-        if _ECG_LEAD.match(n.strip()) or "ecg" in n.lower():
-            return i
-    for i, u in enumerate(units):
-        if str(u).strip().lower() in ("mv", "uv", "µv"):
+        if is_ecg_lead(n, units[i] if i < len(units) else ""):
             return i
     return 0
+
+
+def _lead_key(name: str) -> str:
+    """A lead name reduced for matching: 'ECG II', 'Lead II', 'ii', 'MLII' -> 'II' / 'MLII'."""
+    key = re.sub(r"^(ecg|lead)[\s_-]*", "", name.strip(), flags=re.IGNORECASE).strip().upper()
+    return key
 
 
 def check_signal(n: int, n_missing: int, ptp: float, fs: float, where: str) -> None:

@@ -110,3 +110,12 @@ def test_hostile_edf_files_get_one_line(copies, tmp_path, capsys, case, message)
     assert cli.main(["score", str(bad), "--out", str(tmp_path / "out")]) == cli.EXIT_BAD_INPUT
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("ecg-rnn score: error: bad.edf")
+
+
+def test_lead_choice_prefers_lead_ii_then_chest_leads():
+    from ecg_rnn.records import choose_lead
+
+    assert choose_lead(["I", "II", "V1"], ["mV"] * 3, None, "x") == 1
+    assert choose_lead(["ECG I", "ECG II"], ["uV", "uV"], None, "x") == 1
+    assert choose_lead(["I", "aVR", "V5"], ["mV"] * 3, None, "x") == 2
+    assert choose_lead(["I", "aVR"], ["mV"] * 2, None, "x") == 0
