@@ -32,6 +32,7 @@ app: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run --out benchmarks/results.md
+	$(PY) -m benchmarks.timings
 
 rpeaks: $(STAMP)
 	$(PY) -m benchmarks.rpeaks --out benchmarks/rpeaks.md

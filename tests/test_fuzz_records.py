@@ -11,13 +11,15 @@ import tracemalloc
 from pathlib import Path
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ecg_rnn.errors import RecordError
 from ecg_rnn.records import read_csv, read_record
+from local_data import SAMPLE_DIR
 
-_watch: dict = {"folder": None, "outside": []}
+_watch: dict = {"folder": None, "outside": [], "hooked": False}
 
 
 def _audit(event, args):
@@ -30,9 +32,15 @@ def _audit(event, args):
         _watch["outside"].append(path)
 
 
-sys.addaudithook(_audit)  # audit hooks cannot be removed; it is inert while _watch["folder"] is None
-# Warm up: the first read imports wfdb and pandas, which open their own metadata files.
-read_record(Path(__file__).resolve().parents[1] / "ecg_rnn" / "samples" / "mitdb" / "100")
+@pytest.fixture(scope="module", autouse=True)
+def watched_opens():
+    """Install the audit hook when these tests run, not when they are collected. Audit hooks cannot be
+    removed: it is installed once per process and is inert while _watch["folder"] is None."""
+    if not _watch["hooked"]:
+        sys.addaudithook(_audit)
+        _watch["hooked"] = True
+    # Warm up: the first read imports wfdb and pandas, which open their own metadata files.
+    read_record(SAMPLE_DIR / "100")
 
 
 MAX_PEAK_BYTES = 64 << 20  # inputs are a few KiB: any allocation near this follows a hostile size claim
@@ -51,6 +59,15 @@ def _read_watched(folder: Path, reader):
         tracemalloc.stop()
     assert not _watch["outside"], f"opened files outside the record folder: {_watch['outside']}"
     assert peak < MAX_PEAK_BYTES, f"reading a few KiB allocated {peak >> 20} MiB"
+
+
+def test_the_watch_sees_an_outside_open(tmp_path):
+    """Without this the fuzz tests below would pass with a hook that sees nothing."""
+    outside = tmp_path / "outside.txt"
+    outside.write_text("x")
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(AssertionError, match="outside the record folder"):
+        _read_watched(tmp_path / "folder", outside.read_text)
 
 
 file_names = st.one_of(st.sampled_from(["rec.dat", "../rec.dat", "/etc/hostname", "sub/rec.dat", "..", "~",

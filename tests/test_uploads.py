@@ -61,7 +61,8 @@ def test_wfdb_files_read_like_the_library(no_outside_writes):
     ref = read_record(SAMPLE / "100")
     assert info.chosen == "100.hea"
     assert record.digest == ref.digest
-    assert record.annotations is not None
+    assert np.array_equal(record.annotations.sample, ref.annotations.sample)
+    assert list(record.annotations.symbol) == list(ref.annotations.symbol)
     assert record.source == "upload:100.hea"
 
 
