@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PORT ?= 8501
 
-.PHONY: venv data train test test-fast app bench rpeaks clean
+.PHONY: venv data train test test-fast app bench bench-scaling rpeaks clean
 
 venv: $(STAMP)
 
@@ -30,9 +30,12 @@ test-fast: $(STAMP)
 app: $(STAMP)
 	$(PY) -m streamlit run app.py --server.address localhost --server.port $(PORT)
 
-bench: $(STAMP)
+bench: $(STAMP) bench-scaling
 	$(PY) -m benchmarks.run --out benchmarks/results.md
 	$(PY) -m benchmarks.timings
+
+bench-scaling: $(STAMP)
+	$(PY) -m benchmarks.dask_scaling --out benchmarks/scaling.md
 
 rpeaks: $(STAMP)
 	$(PY) -m benchmarks.rpeaks --out benchmarks/rpeaks.md

@@ -1,7 +1,10 @@
 """No-learning and classic baselines, scored on the same beats as the detector in every comparison.
 
-Each follows the detector's contract (`fit(train) -> self`, `score_samples(beats, context)`,
-`threshold_` = the 95th percentile of held-out normal scores).
+Each follows the detector's contract (`fit(train) -> self`, `score_samples(beats, context, in_af)`,
+`threshold_` = a percentile of normal scores). The no-learning template + RR score is the detector's own
+score with the autoencoder's term replaced by the template distance: same calibration (per record),
+same rhythm terms, same AF handling, its weights selected by the same cross-validation on DS1
+(docs/evaluation/selection.md), so the comparison isolates what the autoencoder adds.
 """
 
 from __future__ import annotations
@@ -9,71 +12,94 @@ from __future__ import annotations
 import numpy as np
 
 from ecg_rnn.beats import Beats
-from ecg_rnn.features import log_squared_error, model_inputs, rhythm_terms, robust_location_scale
+from ecg_rnn.features import (MORPHOLOGY_TERMS, RHYTHM_TERMS, ScoreWeights, beat_zscore, calibrate, combine,
+                              record_population, record_rr_reference, rhythm_terms, template_distances, zscores)
 from ecg_rnn.model import ModelConfig
 from ecg_rnn.protocols import heldout_mask
 
-BASELINE_THRESHOLD_PERCENTILE = 95.0  # the detector default: flag the top 5% of held-out normal scores
+BASELINE_THRESHOLD_PERCENTILE = 95.0  # flag the top 5% of held-out normal scores
 HELDOUT_FRACTION = 0.3  # of the training records, as the detector's default TrainConfig.val_fraction
 PCA_COMPONENTS = 10
 FOREST_TREES = 200
 FOREST_MAX_BEATS = 20_000  # IsolationForest fits a random subset this large (it gains nothing from more)
+FEATURE_KINDS = ("pca", "pca-z", "iforest")
+# template + RR: selected on DS1 by cross-validation (docs/evaluation/selection.json, "no_learning")
+TEMPLATE_RR_WEIGHTS = ScoreWeights(recon=0.0, distance=1.0, premature=1.0, pause=0.1)
+TEMPLATE_RR_PERCENTILE = 95.0
 
 
 class FeatureBaseline:
-    """PCA reconstruction error or IsolationForest on the beat waves (as cut: record-normalised)."""
+    """PCA reconstruction error (on the beats as cut: record-normalised, or z-scored per beat, as the
+    tutorials do) or IsolationForest on the record-normalised beats."""
 
     def __init__(self, kind: str = "pca", seed: int = 0):
         self.kind = kind
         self.seed = seed
 
-    def fit(self, train: Beats) -> "FeatureBaseline":
-        held = heldout_mask(train, HELDOUT_FRACTION, self.seed)
-        x = train.waves[~held]
-        if self.kind == "pca":
-            from sklearn.decomposition import PCA
+    def _x(self, beats: Beats) -> np.ndarray:
+        return beat_zscore(beats.waves)[0] if self.kind == "pca-z" else beats.waves
 
-            self.model_ = PCA(n_components=PCA_COMPONENTS, random_state=self.seed).fit(x)
-        else:
+    def fit(self, train: Beats) -> "FeatureBaseline":
+        if self.kind not in FEATURE_KINDS:
+            raise ValueError(f"kind must be one of {', '.join(FEATURE_KINDS)}, not {self.kind!r}")
+        held = heldout_mask(train, HELDOUT_FRACTION, self.seed)
+        x = self._x(train)[~held]
+        if self.kind == "iforest":
             from sklearn.ensemble import IsolationForest
 
             sub = x[np.random.default_rng(self.seed).permutation(len(x))[:FOREST_MAX_BEATS]]
             self.model_ = IsolationForest(n_estimators=FOREST_TREES, random_state=self.seed, n_jobs=1).fit(sub)
-        self.threshold_ = float(np.percentile(self.score_samples(train.subset(held)),
-                                              BASELINE_THRESHOLD_PERCENTILE))
+        else:
+            from sklearn.decomposition import PCA
+
+            self.model_ = PCA(n_components=PCA_COMPONENTS, random_state=self.seed).fit(x)
+        self.threshold_ = float(np.percentile(self.score_samples(train.subset(held)), BASELINE_THRESHOLD_PERCENTILE))
         return self
 
-    def score_samples(self, beats: Beats, context: Beats | None = None) -> np.ndarray:
-        if self.kind == "pca":
-            recon = self.model_.inverse_transform(self.model_.transform(beats.waves))
-            return ((recon - beats.waves) ** 2).mean(axis=1)
-        return -self.model_.score_samples(beats.waves)
+    def score_samples(self, beats: Beats, context: Beats | None = None, in_af: np.ndarray | None = None) -> np.ndarray:
+        x = self._x(beats)
+        if self.kind == "iforest":
+            return -self.model_.score_samples(x)
+        return ((self.model_.inverse_transform(self.model_.transform(x)) - x) ** 2).mean(axis=1)
 
 
 class TemplateRRBaseline:
-    """No learning: distance to the record's median beat + the detector's RR90 prematurity term,
-    calibrated like the detector (robust z on normal beats)."""
+    """No learning: z(distance to the record's median beat) + the detector's rhythm terms, calibrated
+    as the detector calibrates (morphology per record, rhythm on normal training beats)."""
 
-    def __init__(self, rhythm_weight: float = 0.5):
-        self.rhythm_weight = rhythm_weight
+    def __init__(self, weights: ScoreWeights = TEMPLATE_RR_WEIGHTS, calibrate_per_record: bool = True,
+                 threshold_percentile: float = TEMPLATE_RR_PERCENTILE):
+        self.weights = weights
+        self.calibrate_per_record = calibrate_per_record
+        self.threshold_percentile = threshold_percentile
 
     @staticmethod
-    def _terms(beats: Beats, context: Beats | None):
-        inp = model_inputs(beats, window=beats.waves.shape[1], context=context)
-        return log_squared_error(inp["wave"], inp["template"]), rhythm_terms(beats.rr, inp["rr_ref"])[0]
+    def _raw(population: Beats) -> dict[str, np.ndarray]:
+        rr_ref = np.zeros(len(population))
+        for name, ref in record_rr_reference(population).items():
+            rr_ref[population.record == name] = ref
+        premature, pause = rhythm_terms(population.rr, rr_ref)
+        return {"recon": np.zeros(len(population)), "distance": template_distances(population),
+                "premature": premature, "pause": pause}
 
-    def fit(self, train: Beats, context: Beats | None = None) -> "TemplateRRBaseline":
-        distance, premature = self._terms(train, context)  # no learning: every training normal calibrates
-        self.calibration_ = (robust_location_scale(distance), robust_location_scale(premature))
-        self.threshold_ = float(np.percentile(self._combine(distance, premature), BASELINE_THRESHOLD_PERCENTILE))
+    def fit(self, train: Beats, context: Beats | None = None, af_mask=None) -> "TemplateRRBaseline":
+        """train: normal beats; context: all beats of their records. No learning: every training normal
+        calibrates and sets the threshold. af_mask: as the detector's fit takes it."""
+        population, rows = record_population(train, context)
+        raw = self._raw(population)
+        self.calibration_ = calibrate({k: v[rows] for k, v in raw.items()}, MORPHOLOGY_TERMS + RHYTHM_TERMS)
+        in_af = af_mask(population)[rows] if af_mask is not None else None
+        scores = self._score(raw, population.record, rows, in_af)
+        self.threshold_ = float(np.percentile(scores, self.threshold_percentile))
         return self
 
-    def _combine(self, distance, premature):
-        (md, sd), (mp, sp) = self.calibration_
-        return (distance - md) / sd + self.rhythm_weight * np.maximum((premature - mp) / sp, 0)
+    def _score(self, raw, record, rows, in_af) -> np.ndarray:
+        z = zscores(raw, record, self.calibration_, self.calibrate_per_record)
+        return combine({k: v[rows] for k, v in z.items()}, self.weights, in_af)
 
-    def score_samples(self, beats: Beats, context: Beats | None = None) -> np.ndarray:
-        return self._combine(*self._terms(beats, context))
+    def score_samples(self, beats: Beats, context: Beats | None = None, in_af: np.ndarray | None = None) -> np.ndarray:
+        population, rows = record_population(beats, context)
+        return self._score(self._raw(population), population.record, rows, in_af)
 
 
 def plain_lstm_config() -> ModelConfig:

@@ -13,6 +13,7 @@ from ecg_rnn.errors import SignalError
 from ecg_rnn import signal as ecg_signal
 from ecg_rnn.records import (Annotations, Record, RecordSource, bridge_gaps, source_from_record,
                              validated_signal)
+from ecg_rnn.quality import QualityConfig, fuse_leads
 from ecg_rnn.signal import SignalConfig, preprocess, resample_ratio
 
 AAMI_CLASSES = ("N", "S", "V", "F", "Q")
@@ -176,13 +177,44 @@ def chunk_bounds(n: int, fs: float, align: int, chunk_s: float = CHUNK_S, margin
         yield start, stop, max(0, start - margin), min(n, stop + margin)
 
 
+@dataclass
+class CutBeats:
+    """The beats of a recording and the stretches where every lead was too noisy to trust."""
+
+    beats: Beats
+    noise_segments: list[tuple[float, float]]  # (start_s, end_s), merged, by start
+
+
+def _detected(leads: np.ndarray, fs: float, lo: int, start: int, stop: int,
+              quality_config: QualityConfig) -> tuple[np.ndarray, list[tuple[float, float]]]:
+    """R-peaks fused from every lead of a chunk (column 0 is the chosen lead) and its noise segments,
+    both limited to the chunk's core [start, stop)."""
+    fused = fuse_leads(leads, fs, quality_config)
+    found = fused.samples + lo
+    segments = [(max(a + lo / fs, start / fs), min(b + lo / fs, stop / fs)) for a, b in fused.noise_segments]
+    return found[(found >= start) & (found < stop)], [(a, b) for a, b in segments if b > a]
+
+
+def _merged_segments(segments: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Touching or overlapping segments (chunk borders) joined."""
+    merged: list[list[float]] = []
+    for a, b in sorted(segments):
+        if merged and a <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], b)
+        else:
+            merged.append([a, b])
+    return [(a, b) for a, b in merged]
+
+
 def cut_beats(read, n: int, fs: float, name: str, ref_sample: np.ndarray, ref_symbol: np.ndarray,
               signal_config: SignalConfig, beat_config: BeatConfig, peaks: str = "auto",
-              chunk_s: float = CHUNK_S) -> Beats:
-    """Beats of a signal of n samples that `read(start, stop)` returns in mV, a chunk at a time.
+              chunk_s: float = CHUNK_S, quality_config: QualityConfig = QualityConfig()) -> CutBeats:
+    """Beats of a signal of n samples, a chunk at a time: `read(start, stop)` returns the samples in mV,
+    one column per ECG lead, the chosen lead first (the beat waveforms come from it).
 
-    peaks: "reference" uses the annotated beats (the evaluation protocols); "detect" runs the R-peak
-    detector and labels matched beats from the annotations; "auto" is reference when annotations exist.
+    peaks: "reference" uses the annotated beats (the evaluation protocols); "detect" fuses the R-peak
+    detections of every lead, trusting only the leads the quality stage finds clean, and labels matched
+    beats from the annotations; "auto" is reference when annotations exist.
     """
     use_reference = peaks == "reference" or (peaks == "auto" and len(ref_sample) > 0)
     if peaks == "reference" and len(ref_sample) == 0:
@@ -191,19 +223,18 @@ def cut_beats(read, n: int, fs: float, name: str, ref_sample: np.ndarray, ref_sy
     pre, post = beat_config.window_samples(signal_config.fs)
     align = math.lcm(ratio.denominator, ecg_signal.detection_step(fs))  # chunks start in phase with both
     bounds = list(chunk_bounds(n, fs, align, chunk_s))
-    samples, windows = [], []
+    samples, windows, noise = [], [], []
     for start, stop, lo, hi in bounds:
-        x = bridge_gaps(read(lo, hi))
+        leads = np.asarray(read(lo, hi), dtype=np.float64).reshape(hi - lo, -1)
+        leads = np.column_stack([bridge_gaps(leads[:, k]) for k in range(leads.shape[1])])
+        x = leads[:, 0]
         if use_reference:
             found = ref_sample[(ref_sample >= start) & (ref_sample < stop)]
         else:
-            try:
-                found = ecg_signal.detect_r_peaks(x, fs) + lo
-            except SignalError:
-                if len(bounds) == 1:
-                    raise
-                continue  # a flat or beatless stretch inside a long recording
-            found = found[(found >= start) & (found < stop)]
+            found, segments = _detected(leads, fs, lo, start, stop, quality_config)
+            noise += segments
+            if len(found) == 0 and len(bounds) == 1:  # in a long recording: a beatless stretch
+                raise SignalError(f"no heartbeats found in the {(hi - lo) / fs:.1f} s signal; is it an ECG lead?")
         filtered = preprocess(x, fs, signal_config)
         offset = lo * ratio.numerator // ratio.denominator  # exact: lo is a multiple of the denominator
         centres = np.clip(np.round(found * (signal_config.fs / fs)).astype(np.int64) - offset, 0,
@@ -220,9 +251,10 @@ def cut_beats(read, n: int, fs: float, name: str, ref_sample: np.ndarray, ref_sy
     if not use_reference:
         check_beats_resemble(raw, name)
     time_s = sample / fs
-    return Beats(record=np.full(len(sample), name), sample=sample, time_s=time_s,
-                 waves=normalise(raw, beat_config.normalisation),
-                 rr=rr_context(time_s, beat_config.rr_local_beats), symbol=symbol, aami=aami_class(symbol))
+    beats = Beats(record=np.full(len(sample), name), sample=sample, time_s=time_s,
+                  waves=normalise(raw, beat_config.normalisation),
+                  rr=rr_context(time_s, beat_config.rr_local_beats), symbol=symbol, aami=aami_class(symbol))
+    return CutBeats(beats, _merged_segments(noise))
 
 
 def template_similarity(waves: np.ndarray) -> float:
@@ -241,20 +273,25 @@ def check_beats_resemble(waves: np.ndarray, name: str) -> None:
                           f"{similarity:.2f} with the median beat); the signal looks like noise, not an ECG lead")
 
 
-def beats_from_source(source: RecordSource, signal_config: SignalConfig = SignalConfig(),
-                      beat_config: BeatConfig = BeatConfig(), peaks: str = "auto", chunk_s: float = CHUNK_S) -> Beats:
-    """Cut every beat of a recording, reading it a chunk at a time (a 24-hour Holter stays within
-    bounded memory); the result equals that of the recording read whole. See cut_beats for `peaks`."""
+def cut_source(source: RecordSource, signal_config: SignalConfig = SignalConfig(),
+               beat_config: BeatConfig = BeatConfig(), peaks: str = "auto", chunk_s: float = CHUNK_S,
+               quality_config: QualityConfig = QualityConfig()) -> CutBeats:
+    """Cut every beat of a recording, reading every ECG lead a chunk at a time (a 24-hour Holter stays
+    within bounded memory); the result equals that of the recording read whole. See cut_beats."""
     chunk = int(chunk_s * source.fs)
-    if source.in_memory or source.sig_len <= chunk:  # held whole anyway: validate it once
-        x = validated_signal(source.read(), source.fs, source.where)
-        read = lambda start, stop: x[start:stop]  # noqa: E731
+    if source.in_memory or source.sig_len <= chunk:  # held whole anyway: validate the chosen lead once
+        validated_signal(source.read(), source.fs, source.where)
     else:
         source.check(chunk)
-        read = source.read
     ref_sample, ref_symbol = reference_beats_of(source.annotations)
-    return cut_beats(read, source.sig_len, source.fs, source.name, ref_sample, ref_symbol,
-                     signal_config, beat_config, peaks, chunk_s)
+    return cut_beats(source.read_leads, source.sig_len, source.fs, source.name, ref_sample, ref_symbol,
+                     signal_config, beat_config, peaks, chunk_s, quality_config)
+
+
+def beats_from_source(source: RecordSource, signal_config: SignalConfig = SignalConfig(),
+                      beat_config: BeatConfig = BeatConfig(), peaks: str = "auto", chunk_s: float = CHUNK_S) -> Beats:
+    """The beats of cut_source, without its noise segments."""
+    return cut_source(source, signal_config, beat_config, peaks, chunk_s).beats
 
 
 def beats_from_record(record: Record, signal_config: SignalConfig = SignalConfig(),

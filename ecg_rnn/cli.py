@@ -15,7 +15,8 @@ DEFAULT_PERCENTILE = 95.0  # the detector's DEFAULT_THRESHOLD_PERCENTILE (a test
 
 
 def _add_record_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--lead", help="lead name or index (default: MLII, else the first ECG lead)")
+    parser.add_argument("--lead", help="lead name or index (default: MLII / II, then a chest lead, else the "
+                                       "first ECG lead)")
     parser.add_argument("--fs", type=float, help="sampling rate in Hz, for a CSV without a time column")
 
 
@@ -173,7 +174,11 @@ def _run_train(args) -> int:
 def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="evaluate a model on a protocol and compare with baselines")
     p.add_argument("--model", type=Path, help="detector file (default: the shipped default model)")
-    p.add_argument("--protocol", choices=("inter-patient", "intra-patient"), default="inter-patient")
+    p.add_argument("--protocol", choices=("inter-patient", "intra-patient", "noise"), default="inter-patient",
+                   help="noise: the NSTDB-style noise stress test on DS2 records (unannotated copies through "
+                        "the scoring path)")
+    p.add_argument("--records", nargs="+", metavar="NAME",
+                   help="noise protocol: MIT-BIH records to stress (default: all of DS2)")
     p.add_argument("--dataset", choices=("mitdb", "ecg5000"), default="mitdb",
                    help="ecg5000: train and evaluate on UCR ECG5000 (normal = class 1)")
     p.add_argument("--out", type=Path, help="folder for the JSON + Markdown report (default: runs/evaluate-<...>)")
@@ -199,6 +204,8 @@ def _run_evaluate(args) -> int:
         if args.dataset == "ecg5000":
             report = evaluate_ecg5000(seed=seed, progress=not args.quiet, overrides=overrides)
             out = args.out or paths.runs_dir() / "evaluate-ecg5000"
+        elif args.protocol == "noise":
+            return _run_noise_test(args)
         else:
             from ecg_rnn.detector import RecurrentAEDetector
 
@@ -217,17 +224,45 @@ def _run_evaluate(args) -> int:
     return 0
 
 
+def _run_noise_test(args) -> int:
+    import json
+
+    from ecg_rnn import paths
+    from ecg_rnn.detector import RecurrentAEDetector
+    from ecg_rnn.noise_protocol import evaluate_noise, markdown_table
+    from ecg_rnn.protocols import DS2
+
+    detector = RecurrentAEDetector.load(args.model or paths.default_model_path())
+    report = evaluate_noise(detector, tuple(args.records or DS2), progress=not args.quiet)
+    out = args.out or paths.runs_dir() / "evaluate-noise"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "noise.json").write_text(json.dumps(report, indent=2, default=float))
+    tables = {stretch: markdown_table(report, stretch) for stretch in ("noisy", "clean")}
+    (out / "noise.md").write_text(
+        "# Noise stress test (MIT-BIH + NSTDB-style synthetic noise)\n\n"
+        f"Records: {', '.join(report['records'])}. Command: `ecg-rnn evaluate --protocol noise`.\n\n"
+        f"## Noisy stretches\n\n{tables['noisy']}\n\n## Clean stretches of the same records\n\n{tables['clean']}\n")
+    print(tables["noisy"])
+    print(f"-> {out / 'noise.json'}, {out / 'noise.md'}")
+    return 0
+
+
 def _add_score(sub) -> None:
     p = sub.add_parser("score", help="score every beat of recordings; writes a CSV and a WFDB annotation "
-                                     "file (extension .ecgrnn) per record")
+                                     "file (extension .ecgrnn) per record, and a triage table summary.csv")
     p.add_argument("records", nargs="+", metavar="RECORD",
                    help="WFDB record path without extension, a .csv or .zip, or a folder of them")
     p.add_argument("--model", type=Path, help="detector file (default: the shipped default model)")
-    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--out", type=Path, required=True,
+                   help="output folder (on a cluster: storage that every worker shares)")
     p.add_argument("--peaks", choices=("auto", "reference", "detect"), default="detect",
                    help="beat positions: the R-peak detector (default), reference annotations, or auto")
     p.add_argument("--workers", type=int, default=0,
-                   help="processes for many recordings (default: one per CPU core)")
+                   help="processes for many recordings (default: one per CPU core); with --scheduler local, "
+                        "the LocalCluster's worker processes")
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="score on Dask: tcp://HOST:PORT of a running scheduler, or 'local' to start a "
+                        "LocalCluster here (default: a process pool, no Dask)")
     p.add_argument("--overwrite", action="store_true",
                    help="score recordings again whose outputs already exist in --out (default: skip them)")
     _add_record_options(p)
@@ -235,15 +270,16 @@ def _add_score(sub) -> None:
 
 
 def _run_score(args) -> int:
+    from ecg_rnn.bulk import BulkConfig, expand_inputs, score_many
     from ecg_rnn.paths import default_model_path
-    from ecg_rnn.scoring import ANNOTATION_EXTENSION, expand_inputs, score_many
+    from ecg_rnn.outputs import ANNOTATION_EXTENSION
 
     paths = expand_inputs(args.records)
     if not paths:
         raise _BadArgs(f"no recordings found in {', '.join(map(str, args.records))}")
-    result = score_many(paths, args.model or default_model_path(), args.out, workers=args.workers,
-                        overwrite=args.overwrite, progress=len(paths) > 1, peaks=args.peaks, lead=args.lead,
-                        fs=args.fs)
+    config = BulkConfig(peaks=args.peaks, lead=args.lead, fs=args.fs, workers=args.workers,
+                        scheduler=args.scheduler, overwrite=args.overwrite, progress=len(paths) > 1)
+    result = score_many(paths, args.model or default_model_path(), args.out, config)
     if len(paths) == 1 and result.failed:
         raise _BadArgs(result.failed[0][1])
     for done in sorted(result.scored, key=lambda d: d.name):
@@ -251,8 +287,11 @@ def _run_score(args) -> int:
               f"{done.csv}, {done.annotations} (wfdb.rdann(..., '{ANNOTATION_EXTENSION}'))")
     if result.skipped:
         print(f"skipped {len(result.skipped)} recording(s) already scored in {args.out} (--overwrite to redo)")
+    print(f"triage table: {result.summary} ({result.recordings} recordings, most urgent first)")
     for _, message in result.failed:
         print(f"ecg-rnn score: error: {message}", file=sys.stderr)
+    if result.failed:
+        print(f"ecg-rnn score: {len(result.failed)} recording(s) failed, listed in {result.errors}", file=sys.stderr)
     return EXIT_BAD_INPUT if result.failed else 0
 
 
@@ -260,7 +299,40 @@ class _BadArgs(EcgRnnError):
     """An option value the detector cannot use."""
 
 
-COMMANDS += [_add_train, _add_evaluate, _add_score]
+def _add_report(sub) -> None:
+    p = sub.add_parser("report", help="score a recording and write its Holter report (PDF or HTML)")
+    p.add_argument("record", metavar="RECORD", help="WFDB record path without extension, an EDF/BDF, .csv or .zip")
+    p.add_argument("--out", type=Path, required=True, help="report file: .pdf or .html")
+    p.add_argument("--model", type=Path, help="detector file (default: the shipped default model)")
+    p.add_argument("--reviews", type=Path,
+                   help="review database whose decisions override the suggested classes (default: "
+                        "$ECG_RNN_REVIEWS_DB, else data/reviews.sqlite when it exists)")
+    _add_record_options(p)
+    p.set_defaults(run=_run_report)
+
+
+def _run_report(args) -> int:
+    from ecg_rnn import paths
+    from ecg_rnn.detector import RecurrentAEDetector
+    from ecg_rnn.outputs import write_recording_report
+    from ecg_rnn.records import open_record
+    from ecg_rnn.reviews import ReviewStore, default_db_path
+    from ecg_rnn.scoring import score_source
+
+    if args.out.suffix.lower() not in (".pdf", ".html"):
+        raise _BadArgs(f"{args.out.name}: the report is written as .pdf or .html; pick one of those suffixes")
+    model = args.model or paths.default_model_path()
+    detector = RecurrentAEDetector.load(model)
+    source = open_record(args.record, lead=args.lead, fs=args.fs)
+    scored = score_source(detector, source)
+    database = args.reviews or default_db_path()
+    reviews = ReviewStore(database).get(source.load().digest) if Path(database).is_file() else {}
+    path = write_recording_report(args.out, scored, source, detector, Path(model).name, reviews)
+    print(f"{source.name}: {len(scored.beats)} beats, {len(reviews)} reviewed -> {path}")
+    return 0
+
+
+COMMANDS += [_add_train, _add_evaluate, _add_score, _add_report]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,38 +1,58 @@
 """Analysis layer of the dashboard: everything `app.py` shows, computed without Streamlit.
 
 - `analyse` runs the pipeline once per (record content digest, model file) and keeps what every view
-  needs (scores, reconstructions, latent codes) in an `Analysis`; `AnalysisCache` holds a few of them.
-- `flags_at` re-flags by a percentile threshold without touching the model (instant).
+  needs (scores, reconstructions, latent codes, the quality / rhythm / suggestion stages' outputs when the
+  scoring stage provides them) in an `Analysis`; `AnalysisCache` holds a few of them.
+- `flags_at` re-flags by a percentile threshold without touching the model (instant); noise beats are
+  left out unless asked for.
 - `summary`, `confusion`, `roc_auc`: the summary view and the agreement with reference annotations.
-- `cluster_flagged`: flagged beats grouped by morphology (k-means on the model's latent codes).
-- `typical_normal`: the record's own typical normal beat, shown beside a flagged one.
-- `beats_table`, `flagged_table`: the tables and the CSV export.
-- `*_figure`: the Plotly figures.
+- `cluster_flagged`, `group_default`: flagged beats grouped by morphology, and the decision a group
+  starts from (its suggested class, else what its shape and timing say).
+- `review_queue`, `flagged_table`: the flagged beats in the reviewer's chosen order (the table and
+  next / previous use the same order); `beats_table` is the CSV export.
+- `BulkAction`, `bulk_save`, `undo_bulk`: a decision on many beats at once, and its undo.
+- `EpisodeReviews`, `effective_episodes`: AF and noise episodes confirmed, rejected or marked by a reviewer.
+- `beat_track`, `events_csv_bytes`, `report_bytes`: the Holter events and report of what is shown.
+- `*_figure`: the Plotly figures (every ECG lead on the strip, offsets removed, episodes shaded).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
 from ecg_rnn import paths
 from ecg_rnn.beats import AAMI_CLASSES, ABNORMAL_CLASSES
-from ecg_rnn.errors import CheckpointError
-from ecg_rnn.records import Record
-from ecg_rnn.scoring import score_record
+from ecg_rnn.bulk import SUMMARY_NAME, read_summary
+from ecg_rnn.errors import CheckpointError, DataNotFoundError
+from ecg_rnn.records import RecordSource
+from ecg_rnn.reviews import Review, ReviewConflict, ReviewStore
+from ecg_rnn.rhythm import Episode, in_episodes
+from ecg_rnn.scoring import score_source
+from ecg_rnn.suggest import QRS_WINDOW_S, BeatLayout, SuggestConfig, qrs_width
 
 RUNS_ENV = "ECG_RNN_RUNS_DIR"  # where user-trained models are looked for (default: runs/)
 MODEL_ENV = "ECG_RNN_MODEL"  # the model the dashboard preselects
 DEFAULT_EXAMPLE = "208"
 MAX_GROUPS = 8
 STRIP_SECONDS = 10.0
+NOISE = "noise"
+AF = "AF"
+EPISODE_COLOURS = {AF: "rgba(255,127,14,0.16)", NOISE: "rgba(120,120,120,0.22)"}
+QUEUE_ORDERS = ("score", "time", "group", "suggested class")
+SUGGESTED_ORDER = ("V", "F", "S", "Q", "N", "")  # ventricular first: the commonest reason to flag
+STRIP_LEAD_PX = 70  # strip height per lead
+BEAT_FIGURE_PX = 230
+STRIP_MIN_SPACING_MV = 1.0  # stacked leads are at least this far apart
 
 Progress = Callable[[float, str], None]
 
@@ -91,6 +111,18 @@ def example_records(folder: Path | None = None) -> dict[str, Path]:
 
 EXAMPLE_NOTES = {"100": "mostly normal beats", "208": "many ventricular (V) and fusion (F) beats",
                  "232": "many supraventricular (S) beats, long pauses"}
+TRIAGE_COLUMNS = ["record", "triage_score", "duration_s", "beats", "flagged", "flagged_share", "suggested_v",
+                  "suggested_s", "af_burden", "noise_share", "status", "error"]  # what the folder list shows
+
+
+def read_triage(folder: str | os.PathLike):
+    """The triage table of an `ecg-rnn score` output folder (OUT/summary.csv): one row per recording, most
+    urgent first, failed recordings last (see ecg_rnn.bulk.triage_score)."""
+    folder = Path(folder).expanduser()
+    if not (folder / SUMMARY_NAME).is_file():
+        raise DataNotFoundError(f"{folder} has no {SUMMARY_NAME}: score recordings into it first with "
+                                f"`ecg-rnn score RECORDINGS --out {folder}`")
+    return read_summary(folder)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -108,7 +140,7 @@ class Analysis:
     lead: str
     sig_name: tuple[str, ...]
     duration_s: float
-    signal: np.ndarray  # float32, mV, the record's own sampling
+    source: RecordSource  # the recording, chunk-readable: the strip reads every ECG lead from it
     sample: np.ndarray  # int64 R-peaks
     time_s: np.ndarray
     rr: np.ndarray  # (n, 5) RR features
@@ -124,7 +156,10 @@ class Analysis:
     pre_s: float
     post_s: float
     has_reference: bool = False
-    extras: dict = field(default_factory=dict)
+    quality: np.ndarray | None = None  # str per beat, "ok" / "noise" (None: no quality stage ran)
+    rhythm: np.ndarray | None = None  # str per beat, "AF" / ""
+    suggested: np.ndarray | None = None  # str per beat: N, S, V, F, Q
+    episodes: list[Episode] = field(default_factory=list)  # AF and noise episodes found
 
     def __len__(self) -> int:
         return len(self.sample)
@@ -134,45 +169,61 @@ class Analysis:
         return self.digest, self.model
 
     @property
+    def lead_names(self) -> tuple[str, ...]:
+        """Every ECG lead, the chosen one first (as the strip draws them)."""
+        return tuple(self.sig_name[c] for c in self.source.ecg_channels)
+
+    @property
     def beat_time_axis(self) -> np.ndarray:
         n = self.waves.shape[1]
         return np.linspace(-self.pre_s, self.post_s, n, endpoint=False)
 
+    @property
+    def beat_layout(self) -> BeatLayout:
+        """Where the R-peak lies in the beats as the model saw them (its own sampling rate)."""
+        fs = self.waves.shape[1] / (self.pre_s + self.post_s)
+        return BeatLayout(fs=fs, r_index=int(round(self.pre_s * fs)))
 
-def analyse(record: Record, detector, model: str = "", progress: Progress | None = None) -> Analysis:
-    """Cut, score, reconstruct and embed every beat of a record (the only place the model runs: one
-    forward pass per beat)."""
+
+def analyse(source: RecordSource, digest: str, detector, model: str = "",
+            progress: Progress | None = None) -> Analysis:
+    """Cut, score, reconstruct and embed every beat of a recording (the only place the model runs: one
+    forward pass per beat). digest: the recording's content digest (reviews are keyed by it)."""
 
     def tell(frac: float, text: str) -> None:
         if progress is not None:
             progress(frac, text)
 
     tell(0.02, f"Detecting R-peaks, cutting, scoring and reconstructing the beats of "
-                f"{record.duration_s / 60:.0f} min of ECG")
-    scored = score_record(detector, record, peaks="detect")
+                f"{source.duration_s / 60:.0f} min of ECG")
+    scored = score_source(detector, source, peaks="detect")
     beats = scored.beats
-    recon, latent = scored.analysis.reconstruction, scored.analysis.latent
     tell(0.95, "Summarising")
     normal_scores = np.asarray(getattr(detector, "normal_scores_", np.array([])), dtype=np.float64)
     threshold = float(getattr(detector, "threshold_", np.nan))
     default_pct = float(np.asarray(detector.percentile(np.array([threshold]))).ravel()[0]) \
         if np.isfinite(threshold) else 99.0
-    bc = detector.beats
     ref_aami = np.asarray(beats.aami, dtype=str)
     out = Analysis(
-        name=record.name, digest=record.digest, model=model, fs=float(record.fs), lead=record.lead,
-        sig_name=tuple(record.sig_name), duration_s=float(record.duration_s),
-        signal=np.asarray(record.signal, dtype=np.float32), sample=np.asarray(beats.sample, dtype=np.int64),
-        time_s=np.asarray(beats.time_s, dtype=np.float64), rr=np.asarray(beats.rr, dtype=np.float32),
-        ref_symbol=np.asarray(beats.symbol, dtype=str), ref_aami=ref_aami,
-        waves=np.asarray(beats.waves, dtype=np.float32), recon=recon, latent=latent,
+        name=source.name, digest=digest, model=model, fs=float(source.fs), lead=source.lead,
+        sig_name=tuple(source.sig_name), duration_s=float(source.duration_s), source=source,
+        sample=np.asarray(beats.sample, dtype=np.int64), time_s=np.asarray(beats.time_s, dtype=np.float64),
+        rr=np.asarray(beats.rr, dtype=np.float32), ref_symbol=np.asarray(beats.symbol, dtype=str),
+        ref_aami=ref_aami, waves=np.asarray(beats.waves, dtype=np.float32),
+        recon=scored.analysis.reconstruction, latent=scored.analysis.latent,
         score=np.asarray(scored.score, dtype=np.float64),
         percentile=np.asarray(scored.percentile, dtype=np.float64), normal_scores=np.sort(normal_scores),
         default_percentile=round(min(max(default_pct, 50.0), 100.0), 1),
-        pre_s=float(bc.pre_s), post_s=float(bc.post_s),
-        has_reference=record.annotations is not None and bool((ref_aami != "").any()))
+        pre_s=float(detector.beats.pre_s), post_s=float(detector.beats.post_s),
+        has_reference=source.annotations is not None and bool((ref_aami != "").any()),
+        quality=_strings(scored.quality), rhythm=_strings(scored.rhythm),
+        suggested=_strings(scored.suggested_class), episodes=list(scored.episodes or []))
     tell(1.0, "Done")
     return out
+
+
+def _strings(values) -> np.ndarray | None:
+    return None if values is None else np.asarray(values, dtype=str)
 
 
 class AnalysisCache:
@@ -250,9 +301,17 @@ def score_threshold(a: Analysis, percentile: float) -> float:
     return float(np.percentile(a.score, float(np.clip(percentile, 0.0, 100.0))))  # pragma: no cover
 
 
-def flags_at(a: Analysis, percentile: float) -> np.ndarray:
-    """Re-flag every beat at a percentile threshold (no model call)."""
-    return a.score > score_threshold(a, percentile)
+def noise_beats(a: Analysis, episodes: list[Episode] | None = None) -> np.ndarray:
+    """Beats the quality stage called noise, or inside a noise episode (found or marked by a reviewer)."""
+    noisy = a.quality == NOISE if a.quality is not None else np.zeros(len(a), bool)
+    stretches = [e for e in (a.episodes if episodes is None else episodes) if e.kind == NOISE]
+    return noisy | in_episodes(a.time_s, stretches)
+
+
+def flags_at(a: Analysis, percentile: float, noise: np.ndarray | None = None) -> np.ndarray:
+    """Re-flag every beat at a percentile threshold (no model call); beats marked in `noise` never are."""
+    flags = a.score > score_threshold(a, percentile)
+    return flags & ~noise if noise is not None else flags
 
 
 def heart_rate_bpm(a: Analysis) -> float:
@@ -261,11 +320,28 @@ def heart_rate_bpm(a: Analysis) -> float:
     return float(60.0 / np.median(rr)) if len(rr) else float("nan")
 
 
-def summary(a: Analysis, flags: np.ndarray) -> dict:
+def episode_share(episodes: list[Episode], kind: str, duration_s: float) -> float:
+    """Share of the recording covered by episodes of one kind (overlaps counted once)."""
+    spans = sorted((max(e.start_s, 0.0), min(e.end_s, duration_s)) for e in episodes if e.kind == kind)
+    covered, reach = 0.0, 0.0
+    for start, end in spans:
+        start = max(start, reach)
+        if end > start:
+            covered += end - start
+            reach = end
+    return covered / duration_s if duration_s > 0 else 0.0
+
+
+def summary(a: Analysis, flags: np.ndarray, episodes: list[Episode] | None = None) -> dict:
     n = len(a)
+    episodes = a.episodes if episodes is None else episodes
     out = {"record": a.name, "duration_s": a.duration_s, "fs": a.fs, "lead": a.lead,
            "leads": ", ".join(a.sig_name), "beats": n, "heart_rate_bpm": heart_rate_bpm(a),
-           "flagged": int(flags.sum()), "flagged_share": float(flags.mean()) if n else 0.0}
+           "flagged": int(flags.sum()), "flagged_share": float(flags.mean()) if n else 0.0,
+           "af_burden": episode_share(episodes, AF, a.duration_s),
+           "noise_share": episode_share(episodes, NOISE, a.duration_s)}
+    if a.quality is not None:
+        out["noise_beats"] = int(noise_beats(a, episodes).sum())
     if a.has_reference:
         abnormal = np.isin(a.ref_aami, ABNORMAL_CLASSES)
         normal = a.ref_aami == "N"
@@ -366,6 +442,31 @@ def cluster_flagged(a: Analysis, flags: np.ndarray, max_groups: int = MAX_GROUPS
     return [Group(gid=i + 1, index=g.index, median_wave=g.median_wave) for i, g in enumerate(groups)]
 
 
+def group_default(a: Analysis, g: Group, normal: np.ndarray) -> tuple[str, str]:
+    """(decision, class) a group's review starts from: the majority of its suggested classes; without
+    suggestions, what its median beat says against the record's typical normal beat (the suggestion
+    stage's QRS-width, shape and prematurity rules, applied to the group as a whole)."""
+    if a.suggested is not None:
+        classes, counts = np.unique(a.suggested[g.index], return_counts=True)
+        return decision_for_class(str(classes[np.argmax(counts)]))
+    rules = SuggestConfig()
+    layout = a.beat_layout
+    widening = np.diff(qrs_width(np.stack([normal, g.median_wave]).astype(np.float64), layout))[0]
+    qrs = layout.window(QRS_WINDOW_S)
+    group_qrs, normal_qrs = (w[qrs] - np.median(w) for w in (g.median_wave, normal))  # offsets removed
+    deviation = np.abs(group_qrs - normal_qrs).sum() / max(float(np.abs(normal_qrs).sum()), 1e-9)
+    if widening >= rules.wide_qrs_s or deviation >= rules.abnormal_area:
+        return "abnormal", "V"
+    if float(np.median(a.rr[g.index, 3])) < rules.s_local_ratio:
+        return "abnormal", "S"
+    return "normal", ""
+
+
+def decision_for_class(cls: str) -> tuple[str, str]:
+    """A suggested AAMI class as a review (decision, class): N is a false alarm, the others abnormal."""
+    return ("normal", "") if cls in ("N", "") else ("abnormal", cls)
+
+
 # ---------------------------------------------------------------------------------------------
 # Tables and export
 
@@ -389,8 +490,14 @@ def _review_columns(a: Analysis, reviews: dict) -> dict[str, list]:
     return cols
 
 
+def _stage_columns(a: Analysis) -> dict[str, np.ndarray]:
+    """The quality, rhythm and suggestion stages' per-beat outputs, where the scoring provided them."""
+    columns = {"suggested_class": a.suggested, "quality": a.quality, "rhythm": a.rhythm}
+    return {k: v for k, v in columns.items() if v is not None}
+
+
 def beats_table(a: Analysis, flags: np.ndarray, reviews: dict):
-    """Every beat with its score, flag and review decision (the CSV export)."""
+    """Every beat with its score, flag, the stages' outputs and review decision (the CSV export)."""
     import pandas as pd
 
     frame = pd.DataFrame({
@@ -398,28 +505,60 @@ def beats_table(a: Analysis, flags: np.ndarray, reviews: dict):
         "sample": a.sample, "time_s": np.round(a.time_s, 4), "rr_prev_s": np.round(a.rr[:, 0], 4),
         "rr_next_s": np.round(a.rr[:, 1], 4), "score": np.round(a.score, 6),
         "percentile": np.round(a.percentile, 2), "flagged": flags.astype(bool),
-        "ref_symbol": a.ref_symbol, "ref_aami": a.ref_aami})
+        "ref_symbol": a.ref_symbol, "ref_aami": a.ref_aami, **_stage_columns(a)})
     for name, values in _review_columns(a, reviews).items():
         frame[name] = values
     return frame
 
 
-def flagged_table(a: Analysis, flags: np.ndarray, reviews: dict):
-    """Flagged beats, highest score first (the table view); index = beat number."""
+def group_of_beats(a: Analysis, groups: list[Group]) -> np.ndarray:
+    """Group id of every beat (0: in no group)."""
+    out = np.zeros(len(a), dtype=np.int64)
+    for g in groups:
+        out[g.index] = g.gid
+    return out
+
+
+def review_queue(a: Analysis, flags: np.ndarray, order: str = "score", groups: list[Group] | None = None
+                 ) -> np.ndarray:
+    """The flagged beats in review order (the table, next / previous and next unreviewed all follow it):
+    by score (highest first), time, morphology group (largest first) or suggested class (V, F, S, Q, N),
+    ties by descending score."""
+    if order not in QUEUE_ORDERS:
+        raise ValueError(f"queue order must be one of {', '.join(QUEUE_ORDERS)}, not {order!r}")
+    idx = np.flatnonzero(flags)
+    keys = [-a.score[idx]]  # np.lexsort: the last key is the primary one
+    if order == "time":
+        keys.append(a.time_s[idx])
+    elif order == "group":
+        keys.append(group_of_beats(a, groups or [])[idx])
+    elif order == "suggested class" and a.suggested is not None:
+        rank = {c: i for i, c in enumerate(SUGGESTED_ORDER)}
+        keys.append(np.array([rank.get(c, len(rank)) for c in a.suggested[idx]]))
+    return idx[np.lexsort(keys)]
+
+
+def flagged_table(a: Analysis, flags: np.ndarray, reviews: dict, queue: np.ndarray | None = None,
+                  groups: list[Group] | None = None):
+    """The flagged beats in queue order (default: highest score first); index = beat number."""
     import pandas as pd
 
-    idx = np.flatnonzero(flags)
-    idx = idx[np.argsort(-a.score[idx], kind="stable")]
+    idx = review_queue(a, flags) if queue is None else np.asarray(queue, dtype=np.int64)
     labels = []
     for s in a.sample[idx]:
         r = reviews.get(int(s))
         labels.append(f"{r.label} ({r.reviewer})" if r else "")
     frame = pd.DataFrame({
-        "beat": idx, "time": [format_time(t) for t in a.time_s[idx]], "RR (s)": np.round(a.rr[idx, 0], 3),
-        "score": np.round(a.score[idx], 4), "percentile": np.round(a.percentile[idx], 2),
-        "review": labels})
+        "beat": idx, "time": [format_time(t) for t in a.time_s[idx]], "score": np.round(a.score[idx], 4),
+        "percentile": np.round(a.percentile[idx], 2)})
     if a.has_reference:
-        frame.insert(5, "reference", a.ref_aami[idx])
+        frame["reference"] = a.ref_aami[idx]
+    if a.suggested is not None:
+        frame["suggested"] = a.suggested[idx]
+    if groups:
+        frame["group"] = group_of_beats(a, groups)[idx]
+    frame["review"] = labels
+    frame["RR (s)"] = np.round(a.rr[idx, 0], 3)
     return frame.set_index("beat")
 
 
@@ -430,19 +569,27 @@ def review_progress(a: Analysis, flags: np.ndarray, reviews: dict) -> tuple[int,
     return done, len(idx)
 
 
-def next_unreviewed(a: Analysis, flags: np.ndarray, reviews: dict, after: int | None = None) -> int | None:
-    """The next flagged, unreviewed beat by descending score, starting after `after` in that order."""
-    idx = np.flatnonzero(flags)
-    order = idx[np.argsort(-a.score[idx], kind="stable")]
-    todo = [int(i) for i in order if int(a.sample[i]) not in reviews]
+def next_unreviewed(a: Analysis, queue: np.ndarray, reviews: dict, after: int | None = None) -> int | None:
+    """The next unreviewed beat of the queue after `after` (wrapping round to the queue's start)."""
+    order = [int(i) for i in queue]
+    todo = [i for i in order if int(a.sample[i]) not in reviews]
     if not todo:
         return None
     if after is not None and after in order:
-        pos = int(np.flatnonzero(order == after)[0])
-        later = [i for i in order[pos + 1:] if int(a.sample[i]) not in reviews]
+        later = [i for i in order[order.index(after) + 1:] if int(a.sample[i]) not in reviews]
         if later:
-            return int(later[0])
+            return later[0]
     return todo[0]
+
+
+def neighbours(queue: np.ndarray, beat: int) -> tuple[int | None, int | None]:
+    """(previous, next) beat of the queue around `beat`; a beat outside the queue has the queue's first
+    beat as its next."""
+    order = [int(i) for i in queue]
+    if beat not in order:
+        return None, (order[0] if order else None)
+    pos = order.index(beat)
+    return (order[pos - 1] if pos > 0 else None), (order[pos + 1] if pos + 1 < len(order) else None)
 
 
 def export_csv_bytes(a: Analysis, flags: np.ndarray, reviews: dict) -> bytes:
@@ -451,14 +598,244 @@ def export_csv_bytes(a: Analysis, flags: np.ndarray, reviews: dict) -> bytes:
 
 def export_wfdb_bytes(a: Analysis, reviews: dict, extension: str = "rev") -> tuple[str, bytes]:
     """(file name, bytes) of the WFDB annotation file of the reviewed beats of this record."""
-    import tempfile
-
     from ecg_rnn.reviews import write_wfdb_annotations
 
-    mine = [r for s, r in reviews.items()]
     with tempfile.TemporaryDirectory(prefix="ecg-rnn-export-") as tmp:
-        path = write_wfdb_annotations(a.name, a.fs, mine, tmp, extension=extension)
+        path = write_wfdb_annotations(a.name, a.fs, list(reviews.values()), tmp, extension=extension)
         return path.name, path.read_bytes()
+
+
+# ---------------------------------------------------------------------------------------------
+# Decisions on many beats at once (a morphology group, a stretch marked as noise), and their undo
+
+
+@dataclass(frozen=True)
+class BulkAction:
+    """One decision saved for many beats: what each beat was before, to undo it."""
+
+    digest: str
+    what: str  # "group 2", "00:10.000 – 00:20.000"
+    label: str  # "abnormal V", "noise"
+    before: dict  # sample -> the Review it replaced, or None
+    after_versions: dict  # sample -> version it was saved as
+    episode: Episode | None = None  # the stretch a reviewer marked as noise with it
+
+    @property
+    def size(self) -> int:
+        return len(self.after_versions)
+
+
+def bulk_save(store: ReviewStore, digest: str, record_name: str, expected: dict[int, int], decision: str,
+              beat_class: str, note: str, reviewer: str, what: str, source: str = "group",
+              episode: Episode | None = None) -> BulkAction:
+    """Save one decision for many beats (all or none, see ReviewStore.save_many) and return its undo."""
+    before = store.get_many(digest, expected)
+    saved = store.save_many(digest, expected, decision, beat_class, note, reviewer, record_name=record_name,
+                            source=source)
+    label = next(iter(saved.values())).label if saved else decision
+    return BulkAction(digest=digest, what=what, label=label, before={s: before.get(s) for s in saved},
+                      after_versions={s: r.version for s, r in saved.items()}, episode=episode)
+
+
+def undo_bulk(store: ReviewStore, action: BulkAction, reviewer: str) -> int:
+    """Put every beat of a bulk action back as it was (its previous review, or no review), in one
+    transaction, with a history entry per beat (source "undo"); refused with ReviewConflict, changing
+    nothing, when someone saved one of those beats since. Returns the number of beats restored.
+
+    Stopgap: ecg_rnn.reviews has no restore / delete yet; this writes its tables in its own transaction
+    and belongs in ReviewStore (ReviewStore.restore) once it has one."""
+    samples = sorted(action.after_versions)
+    stamp = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    with store._transaction() as con:  # noqa: SLF001 - the store's own write lock (see the docstring)
+        current = store.get_many(action.digest, samples)
+        changed = [current[s] for s in samples if s not in current or current[s].version != action.after_versions[s]]
+        if changed or len(current) != len(samples):
+            raise ReviewConflict(f"Not undone: {len(changed) or len(samples) - len(current)} of these "
+                                 f"{len(samples)} beats were changed since; nothing was undone.", changed)
+        for s in samples:
+            now, prev = current[s], action.before.get(s)
+            if prev is None:
+                con.execute("DELETE FROM reviews WHERE record_digest = ? AND sample = ?", (action.digest, s))
+                restored = ("", "", "", reviewer, now.version + 1)
+            else:
+                con.execute("UPDATE reviews SET decision = ?, beat_class = ?, note = ?, reviewer = ?, "
+                            "updated_at = ?, version = ? WHERE record_digest = ? AND sample = ?",
+                            (prev.decision, prev.beat_class, prev.note, prev.reviewer, stamp, now.version + 1,
+                             action.digest, s))
+                restored = (prev.decision, prev.beat_class, prev.note, prev.reviewer, now.version + 1)
+            con.execute(
+                "INSERT INTO review_history (record_digest, sample, version, decision, beat_class, note, reviewer, "
+                "changed_at, prev_decision, prev_class, prev_note, prev_reviewer, prev_version, source) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'undo')",
+                (action.digest, s, restored[4], *restored[:4], stamp, now.decision, now.beat_class, now.note,
+                 now.reviewer, now.version))
+    return len(samples)
+
+
+def same_review(existing: Review, decision: str, beat_class: str, note: str, reviewer: str) -> bool:
+    """Whether a saved review is exactly the one this reviewer is saving (a repeated click, e.g. a
+    double click on Save): then there is nothing to save and nothing in conflict."""
+    from ecg_rnn.reviews import ReviewError, validate
+
+    try:
+        wanted = validate(decision, beat_class, note, reviewer)
+    except ReviewError:
+        return False
+    return (existing.decision, existing.beat_class, existing.note, existing.reviewer) == wanted
+
+
+def beats_in(a: Analysis, start_s: float, end_s: float) -> np.ndarray:
+    """Indices of the beats whose R-peak lies in [start_s, end_s)."""
+    return np.flatnonzero((a.time_s >= start_s) & (a.time_s < end_s))
+
+
+# ---------------------------------------------------------------------------------------------
+# Episode reviews: an AF or noise episode confirmed or rejected as a whole, a stretch marked as noise
+
+
+EPISODE_DECISIONS = ("confirmed", "rejected")
+
+
+@dataclass(frozen=True)
+class EpisodeReview:
+    kind: str  # "AF" or "noise"
+    start_s: float
+    end_s: float
+    decision: str  # "confirmed" or "rejected"
+    reviewer: str
+    at: str
+
+    @property
+    def episode(self) -> Episode:
+        return Episode(self.kind, self.start_s, self.end_s)
+
+
+class EpisodeReviews:
+    """Episode decisions per recording (by content digest), shared by the server's sessions.
+
+    Held in memory for the server process: ecg_rnn.reviews has no table for episodes yet. Its API
+    (save / get) is what ReviewStore.save_episode / ReviewStore.episodes will offer; a noise stretch's beats
+    are also saved as "noise" beat reviews in the review store, which persist."""
+
+    def __init__(self):
+        self._items: dict[str, dict[tuple[str, float, float], EpisodeReview]] = {}
+        self._lock = threading.Lock()
+
+    def save(self, digest: str, episode: Episode, decision: str, reviewer: str) -> EpisodeReview:
+        if decision not in EPISODE_DECISIONS:
+            raise ValueError(f"an episode is {' or '.join(EPISODE_DECISIONS)}, not {decision!r}")
+        if not reviewer.strip():
+            from ecg_rnn.reviews import ReviewError
+
+            raise ReviewError("enter your name as reviewer before saving (sidebar)")
+        review = EpisodeReview(episode.kind, float(episode.start_s), float(episode.end_s), decision,
+                               reviewer.strip(), datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        with self._lock:
+            self._items.setdefault(digest, {})[(review.kind, review.start_s, review.end_s)] = review
+        return review
+
+    def get(self, digest: str) -> dict[tuple[str, float, float], EpisodeReview]:
+        with self._lock:
+            return dict(self._items.get(digest, {}))
+
+    def remove(self, digest: str, episode: Episode) -> None:
+        with self._lock:
+            self._items.get(digest, {}).pop(episode_key(episode), None)
+
+
+def episode_key(e: Episode) -> tuple[str, float, float]:
+    return e.kind, float(e.start_s), float(e.end_s)
+
+
+def effective_episodes(a: Analysis, decisions: dict) -> list[Episode]:
+    """The episodes that hold after review: those found, less the rejected ones, plus stretches a
+    reviewer marked (confirmed episodes that were not found), by start time."""
+    found = {episode_key(e): e for e in a.episodes}
+    kept = [e for k, e in found.items() if getattr(decisions.get(k), "decision", "") != "rejected"]
+    marked = [r.episode for k, r in decisions.items() if k not in found and r.decision == "confirmed"]
+    return sorted(kept + marked, key=lambda e: (e.start_s, e.kind))
+
+
+def episodes_table(a: Analysis, episodes: list[Episode], decisions: dict):
+    """Every episode found or marked, with its beats and review state (the Episodes view)."""
+    import pandas as pd
+
+    rows = []
+    for e in sorted({episode_key(e): e for e in [*a.episodes, *episodes]}.values(), key=lambda e: e.start_s):
+        r = decisions.get(episode_key(e))
+        rows.append({"kind": e.kind, "start": format_time(e.start_s), "end": format_time(e.end_s),
+                     "duration (s)": round(e.end_s - e.start_s, 1), "beats": len(beats_in(a, e.start_s, e.end_s)),
+                     "review": f"{r.decision} ({r.reviewer})" if r else "",
+                     "found by": "pipeline" if e in a.episodes else "reviewer"})
+    return pd.DataFrame(rows, columns=["kind", "start", "end", "duration (s)", "beats", "review", "found by"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Holter events and report of what the dashboard shows
+
+
+def beat_classes(a: Analysis, flags: np.ndarray, reviews: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(AAMI class, reviewed, noisy) per beat: the reviewer's decision where reviewed, else the suggested
+    class; without suggestions an unreviewed flagged beat is Q (unclassified) and an unflagged one N."""
+    classes = a.suggested.copy() if a.suggested is not None else np.where(flags, "Q", "N")
+    classes = classes.astype("<U1")
+    reviewed = np.zeros(len(a), bool)
+    noisy = np.zeros(len(a), bool)
+    for i, s in enumerate(a.sample):
+        r = reviews.get(int(s))
+        if r is None:
+            continue
+        reviewed[i] = True
+        noisy[i] = r.decision == NOISE
+        classes[i] = {"normal": "N", NOISE: "Q"}.get(r.decision, r.wfdb_symbol)
+    return classes, reviewed, noisy
+
+
+def beat_track(a: Analysis, flags: np.ndarray, reviews: dict, episodes: list[Episode]):
+    from ecg_rnn.events import BeatTrack
+
+    classes, reviewed, noisy = beat_classes(a, flags, reviews)
+    return BeatTrack.build(a.time_s, classes, duration_s=max(a.duration_s, float(a.time_s[-1]) if len(a) else 0.0),
+                           reviewed=reviewed, noisy=noisy | noise_beats(a, episodes),
+                           episodes=[(e.kind, e.start_s, e.end_s) for e in episodes])
+
+
+def holter_events(a: Analysis, flags: np.ndarray, reviews: dict, episodes: list[Episode]):
+    """The Holter events (ecg_rnn.events.detect_events) of the beats' reviewed or suggested classes."""
+    from ecg_rnn.events import detect_events
+
+    return detect_events(beat_track(a, flags, reviews, episodes))
+
+
+def events_csv_bytes(a: Analysis, flags: np.ndarray, reviews: dict, episodes: list[Episode]) -> bytes:
+    return holter_events(a, flags, reviews, episodes).to_csv(index=False).encode("utf-8")
+
+
+def read_strip(a: Analysis, start_s: float, end_s: float) -> tuple[np.ndarray, np.ndarray]:
+    """(times, samples x leads in mV) of every ECG lead between two times (invalid samples NaN)."""
+    lo = int(np.clip(np.floor(start_s * a.fs), 0, a.source.sig_len))
+    hi = int(np.clip(np.ceil(end_s * a.fs), lo, a.source.sig_len))
+    return np.arange(lo, hi) / a.fs, np.asarray(a.source.read_leads(lo, hi), dtype=np.float64)
+
+
+def report_bytes(a: Analysis, flags: np.ndarray, reviews: dict, episodes: list[Episode], percentile: float,
+                 groups: list[Group], suffix: str = ".pdf") -> tuple[str, bytes]:
+    """(file name, bytes) of the Holter report (ecg_rnn.holter_report) of what the dashboard shows."""
+    from ecg_rnn.holter_report import write_report
+
+    classes, reviewed, noisy = beat_classes(a, flags, reviews)
+    import pandas as pd
+
+    beats = pd.DataFrame({"time_s": a.time_s, "class": classes, "reviewed": reviewed,
+                          "noisy": noisy | noise_beats(a, episodes), "groups": group_of_beats(a, groups)})
+    name = f"{a.name}_report{suffix}"
+    with tempfile.TemporaryDirectory(prefix="ecg-rnn-report-") as tmp:
+        path = write_report(
+            Path(tmp) / name, recording={"name": a.name, "duration_s": a.duration_s, "lead": a.lead},
+            beats=beats, events=holter_events(a, flags, reviews, episodes),
+            signal=lambda start, end: read_strip(a, start, end), lead_names=a.lead_names, fs=a.fs,
+            model={"model": a.model}, threshold=score_threshold(a, percentile), threshold_percentile=percentile)
+        return name, path.read_bytes()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -468,50 +845,83 @@ def export_wfdb_bytes(a: Analysis, reviews: dict, extension: str = "rev") -> tup
 SCORE_SCALE = "YlOrRd"
 
 
+def stacked_leads(x: np.ndarray) -> tuple[np.ndarray, float]:
+    """Leads (samples x leads) centred on their own median and stacked downwards: (traces, spacing in mV).
+    The spacing fits the tallest lead of the window, so leads never overlap and amplitudes stay in mV."""
+    centred = x - np.nanmedian(x, axis=0, keepdims=True) if len(x) else x
+    span = float(np.nanmax(np.nanpercentile(np.abs(centred), 99.5, axis=0))) if np.isfinite(centred).any() else 0.0
+    spacing = max(STRIP_MIN_SPACING_MV, 2.2 * span)
+    return centred - spacing * np.arange(x.shape[1])[None, :], spacing
+
+
+def shade_episodes(fig, episodes: list[Episode], start_s: float, end_s: float) -> None:
+    """AF and noise episodes as shaded spans, with their kind written at the top."""
+    for e in episodes:
+        if e.end_s > start_s and e.start_s < end_s:
+            fig.add_vrect(x0=max(e.start_s, start_s), x1=min(e.end_s, end_s), line_width=0, layer="below",
+                          fillcolor=EPISODE_COLOURS.get(e.kind, "rgba(0,0,0,0.1)"), annotation_text=e.kind,
+                          annotation_position="top left", annotation_font_size=10)
+
+
 def strip_figure(a: Analysis, flags: np.ndarray, centre: int, seconds: float = STRIP_SECONDS,
-                 reviews: dict | None = None):
-    """The ECG around one beat: the lead in mV, beats as markers coloured by score, flagged ones ringed."""
+                 reviews: dict | None = None, episodes: list[Episode] | None = None):
+    """The ECG around one beat: every ECG lead (the chosen one on top), each centred on its median and
+    stacked on one time axis, with a 1 mV bar; beats as markers coloured by score (flagged ones ringed,
+    labelled with their suggested class), AF and noise episodes shaded."""
     import plotly.graph_objects as go
 
     reviews = reviews or {}
+    episodes = a.episodes if episodes is None else episodes
     t0 = float(a.time_s[centre]) - seconds / 2 if len(a) else 0.0
     t0 = float(np.clip(t0, 0.0, max(a.duration_s - seconds, 0.0)))
-    lo, hi = int(t0 * a.fs), int(min(a.duration_s, t0 + seconds) * a.fs)
-    t = np.arange(lo, hi) / a.fs
-    x = a.signal[lo:hi]
+    t1 = min(a.duration_s, t0 + seconds)
+    t, x = read_strip(a, t0, t1)
+    traces, spacing = stacked_leads(x)
+    names = a.lead_names
     fig = go.Figure()
-    fig.add_trace(go.Scattergl(x=t, y=x, mode="lines", line=dict(color="#1f2d3d", width=1), name=a.lead,
-                               hoverinfo="skip"))
+    for k, name in enumerate(names):
+        fig.add_trace(go.Scattergl(x=t, y=traces[:, k], mode="lines", line=dict(color="#1f2d3d", width=1),
+                                   name=name, hoverinfo="skip"))
+    lo, hi = int(t0 * a.fs), int(t1 * a.fs)
     inside = np.flatnonzero((a.sample >= lo) & (a.sample < hi))
+    top = 0.55 * spacing
     if len(inside):
-        y = a.signal[np.clip(a.sample[inside], 0, len(a.signal) - 1)]
-        top = float(np.max(x)) if len(x) else 1.0
-        span = float(np.ptp(x)) if len(x) else 1.0
-        ym = np.full(len(inside), top + 0.12 * span)
         text = [f"beat {i}<br>score {a.score[i]:.3f} (p{a.percentile[i]:.1f})"
+                + (f"<br>suggested {a.suggested[i]}" if a.suggested is not None else "")
                 + (f"<br>{reviews[int(a.sample[i])].label}" if int(a.sample[i]) in reviews else "")
                 for i in inside]
+        label = a.suggested[inside] if a.suggested is not None else None
         fig.add_trace(go.Scatter(
-            x=a.time_s[inside], y=ym, mode="markers", name="beats (colour: score percentile)",
-            customdata=inside, text=text, hovertemplate="%{text}<extra></extra>",
-            marker=dict(size=np.where(flags[inside], 14, 8), color=a.percentile[inside], cmin=50, cmax=100,
-                        colorscale=SCORE_SCALE, showscale=True, colorbar=dict(title="pct", thickness=10),
+            x=a.time_s[inside], y=np.full(len(inside), top), mode="markers+text" if label is not None else "markers",
+            name="beats (colour: score percentile)", customdata=inside, hovertext=text,
+            hovertemplate="%{hovertext}<extra></extra>", text=label, textposition="top center",
+            textfont=dict(size=10),
+            marker=dict(size=np.where(flags[inside], 13, 7), color=a.percentile[inside], cmin=50, cmax=100,
+                        colorscale=SCORE_SCALE, showscale=False,
                         line=dict(width=np.where(flags[inside], 2, 0), color="#c00000"),
                         symbol=np.where(flags[inside], "triangle-down", "circle"))))
-        del y
         for i in inside[flags[inside]]:
             fig.add_vrect(x0=a.time_s[i] - a.pre_s, x1=a.time_s[i] + a.post_s, fillcolor="#ff4040",
                           opacity=0.10, line_width=0)
+    shade_episodes(fig, episodes, t0, t1)
+    bottom = -spacing * (len(names) - 0.5)
+    fig.add_shape(type="line", x0=t0 + 0.05, x1=t0 + 0.05, y0=bottom, y1=bottom + 1.0,
+                  line=dict(color="#2060c0", width=3))  # the 1 mV scale bar
+    fig.add_annotation(x=t0 + 0.1, y=bottom + 0.5, text="1 mV", showarrow=False, xanchor="left",
+                       font=dict(size=10, color="#2060c0"))
     if len(a):
         fig.add_vline(x=float(a.time_s[centre]), line=dict(color="#2060c0", width=1, dash="dot"))
-    fig.update_layout(height=300, margin=dict(l=10, r=10, t=30, b=10), showlegend=False,
-                      xaxis_title="time (s)", yaxis_title=f"{a.lead} (mV)",
-                      title=dict(text=f"{format_time(t0)} – {format_time(t0 + seconds)}", font=dict(size=12)))
+    fig.update_layout(height=70 + STRIP_LEAD_PX * len(names) + 20, margin=dict(l=10, r=10, t=24, b=10),
+                      showlegend=False, xaxis_title=None,
+                      title=dict(text=f"{format_time(t0)} – {format_time(t1)} · each lead centred, 1 mV bar",
+                                 font=dict(size=12)))
+    fig.update_yaxes(tickvals=-spacing * np.arange(len(names)), ticktext=list(names),
+                     range=[bottom - 0.1 * spacing, top + 0.45 * spacing], zeroline=False, fixedrange=True)
     return fig
 
 
-def overview_figure(a: Analysis, flags: np.ndarray, threshold: float):
-    """Score of every beat over the whole record (click a point to jump to that beat)."""
+def overview_figure(a: Analysis, flags: np.ndarray, threshold: float, episodes: list[Episode] | None = None):
+    """Score of every beat over the whole record (click a point to jump to that beat), episodes shaded."""
     import plotly.graph_objects as go
 
     fig = go.Figure()
@@ -521,7 +931,8 @@ def overview_figure(a: Analysis, flags: np.ndarray, threshold: float):
                     line=dict(width=0)),
         hovertemplate="beat %{customdata}<br>t=%{x:.1f} s<br>score %{y:.3f}<extra></extra>", name="beats"))
     fig.add_hline(y=threshold, line=dict(color="#c00000", width=1, dash="dash"))
-    fig.update_layout(height=200, margin=dict(l=10, r=10, t=10, b=10), showlegend=False,
+    shade_episodes(fig, a.episodes if episodes is None else episodes, 0.0, a.duration_s)
+    fig.update_layout(height=220, margin=dict(l=10, r=10, t=20, b=10), showlegend=False,
                       xaxis_title="time (s)", yaxis_title="score", yaxis_type="log" if np.all(a.score > 0) else None,
                       clickmode="event+select", dragmode="select")
     return fig
@@ -533,9 +944,8 @@ def beat_figure(a: Analysis, i: int, normal: np.ndarray | None = None):
     from plotly.subplots import make_subplots
 
     t = a.beat_time_axis
-    fig = make_subplots(rows=1, cols=2, shared_yaxes=True, horizontal_spacing=0.04,
-                        subplot_titles=(f"beat {i} at {format_time(a.time_s[i])} — score {a.score[i]:.3f}",
-                                        "typical normal beat of this record"))
+    fig = make_subplots(rows=1, cols=2, shared_yaxes=True, horizontal_spacing=0.04, column_widths=[0.6, 0.4],
+                        subplot_titles=(f"beat {i} (red), reconstruction (blue)", "typical normal beat"))
     fig.add_trace(go.Scatter(x=t, y=a.recon[i], mode="lines", line=dict(color="#2060c0", dash="dash"),
                              name="reconstruction"), 1, 1)
     fig.add_trace(go.Scatter(x=t, y=a.waves[i], mode="lines", line=dict(color="#c00000"), fill="tonexty",
@@ -545,9 +955,9 @@ def beat_figure(a: Analysis, i: int, normal: np.ndarray | None = None):
     if normal is not None:
         fig.add_trace(go.Scatter(x=t, y=normal, mode="lines", line=dict(color="#208040"), name="typical normal"),
                       1, 2)
-    fig.update_layout(height=320, margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.2),
-                      bargap=0)
-    fig.update_xaxes(title_text="time from R-peak (s)")
+    fig.update_layout(height=BEAT_FIGURE_PX, margin=dict(l=10, r=10, t=28, b=10), showlegend=False, bargap=0)
+    for annotation in fig.layout.annotations:  # the subplot titles
+        annotation.font.size = 12
     return fig
 
 

@@ -1,31 +1,38 @@
 """The anomaly detector: a recurrent autoencoder that sees the patient's own context, plus rhythm.
 
-Score of a beat (higher = more abnormal); every term is calibrated on *held-out* normal beats (records
-the autoencoder never trained on) as a robust z-score, z(x) = (x - median) / (1.4826 * MAD):
+Score of a beat (higher = more abnormal), every term a robust z-score, z(x) = (x - median) / (1.4826 * MAD):
 
-    score = z(log reconstruction MSE)
+    score = z(log reconstruction MSE) + distance_weight * z(log template distance)
             + rhythm_weight * max(0, z(prematurity)) + pause_weight * max(0, z(pause))
 
 - reconstruction MSE: the recurrent autoencoder's error on the beat, given the record's template
-  (median) beat and the beat's RR context (see ecg_rnn.model);
+  (median) beat and the beat's RR context (see ecg_rnn.model). With `adaptation` (ecg_rnn.adapt) the
+  autoencoder is first fine-tuned on the recording's own typical beats, without labels;
+- template distance: the beat's mean squared difference from the record's template beat;
 - prematurity = -log(rr_prev / RR90), RR90 = the 90th percentile of the record's RR intervals (its
   slow, undisturbed cycles; robust to frequent ectopy, where a local median is not);
-- pause = log(rr_next_ratio): compensatory pause after the beat (weight 0 by default).
-Rhythm terms only add evidence (clipped at 0): a late beat does not make a deformed beat normal.
+- pause = log(rr_next_ratio): compensatory pause after the beat.
+Rhythm terms only add evidence (clipped at 0): a late beat does not make a deformed beat normal; inside
+atrial fibrillation (`in_af`) they add nothing, since a short RR there is the rhythm, not ectopy.
 
-Threshold rule: `threshold_` is the `threshold_percentile`-th percentile of the held-out normal scores,
-so about (100 - threshold_percentile) % of normal beats of unseen patients are flagged.
-`percentile(scores)` is each score's rank among those held-out normal scores (0..100).
+Calibration: with `calibrate_per_record` (the default) the morphology terms are z-scored against the
+recording's own beats (median / MAD of all its beats: abnormal beats are a minority), so a lead, recorder
+or patient whose beats all reconstruct worse than MIT-BIH's is not flagged wholesale; the rhythm terms
+against normal training beats. Threshold rule: `threshold_` is the `threshold_percentile`-th percentile
+of the scores of held-out normal beats (records the autoencoder never trained on, scored exactly as a
+new recording is), so about (100 - threshold_percentile) % of normal beats of unseen patients are
+flagged. `percentile(scores)` is each score's rank among those held-out normal scores (0..100).
 
-Templates and RR90 are computed per record (`beats.record`) from the beats passed in, or from
-`context=` beats (all beats of the same records) when the scored beats are only part of their records.
+Every per-record quantity (template, RR90, record calibration, adaptation) comes from all beats of the
+record: the beats passed in, or `context=` beats (all beats of the same records) when the scored beats
+are only part of their records.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -33,9 +40,12 @@ import numpy as np
 import torch
 
 from ecg_rnn import __version__
+from ecg_rnn.adapt import AdaptConfig, adapt
 from ecg_rnn.beats import BeatConfig, Beats
 from ecg_rnn.errors import CheckpointError
-from ecg_rnn.features import (beat_zscore, model_inputs, rhythm_terms, robust_location_scale, MSE_EPS)
+from ecg_rnn.features import (MORPHOLOGY_TERMS, MSE_EPS, RHYTHM_TERMS, TERMS, ScoreWeights, beat_zscore,
+                              calibrate, combine, model_inputs, record_population, rhythm_terms,
+                              template_distances, zscores)
 from ecg_rnn.model import ModelConfig, RecurrentAutoencoder
 from ecg_rnn.protocols import heldout_mask
 from ecg_rnn.signal import SignalConfig
@@ -43,21 +53,30 @@ from ecg_rnn.train import (INFERENCE_BATCH, TrainConfig, fit_autoencoder, privat
                            resolve_device)
 
 FORMAT = "ecg-rnn-detector"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: template-distance term, per-record calibration, patient adaptation
 MAX_CHECKPOINT_BYTES = 64 << 20
-COMPONENTS = ("recon", "premature", "pause")
+COMPONENTS = TERMS
 DEFAULT_MODEL_CONFIG = ModelConfig()
 DEFAULT_TRAIN_CONFIG = TrainConfig()
+DEFAULT_ADAPTATION = AdaptConfig()
 DEFAULT_THRESHOLD_PERCENTILE = 95.0
 DEFAULT_RHYTHM_WEIGHT = 0.5
 DEFAULT_PAUSE_WEIGHT = 0.1
+DEFAULT_DISTANCE_WEIGHT = 0.0
+DEFAULT_CALIBRATE_PER_RECORD = True
+MIN_FIT_BEATS = 10
+
+# An AF mask for the beats of whole records (True inside atrial fibrillation / flutter), as the rhythm
+# stage gives it; fit() uses it to score held-out normal beats exactly as scoring will.
+AfMask = Callable[[Beats], np.ndarray]
 
 
 # ---------------------------------------------------------------------------------------------
 # the detector
 
 
-PARAMS = ("model", "training", "signal", "beats", "threshold_percentile", "rhythm_weight", "pause_weight")
+PARAMS = ("model", "training", "signal", "beats", "threshold_percentile", "rhythm_weight", "pause_weight",
+          "distance_weight", "calibrate_per_record", "adaptation")
 
 
 @dataclass
@@ -65,7 +84,7 @@ class Analysis:
     """What one forward pass tells about each beat (one row per beat)."""
 
     score: np.ndarray  # anomaly score, higher = more abnormal
-    components: dict[str, np.ndarray]  # calibrated z-score of each term (recon, premature, pause)
+    components: dict[str, np.ndarray]  # calibrated z-score of each term (recon, distance, premature, pause)
     reconstruction: np.ndarray  # (n, window), in the units of beats.waves
     latent: np.ndarray  # (n, latent_size)
 
@@ -74,12 +93,15 @@ class RecurrentAEDetector:
     """scikit-learn / PyOD-style detector; see the module docstring for the score and threshold."""
 
     threshold_rule = ("threshold = the threshold_percentile-th percentile of the anomaly scores of held-out "
-                      "normal beats (records not used to train the autoencoder)")
+                      "normal beats (records not used to train the autoencoder, scored as a new recording is)")
 
     def __init__(self, model: ModelConfig = DEFAULT_MODEL_CONFIG, training: TrainConfig = DEFAULT_TRAIN_CONFIG,
                  signal: SignalConfig = SignalConfig(), beats: BeatConfig = BeatConfig(),
                  threshold_percentile: float = DEFAULT_THRESHOLD_PERCENTILE,
-                 rhythm_weight: float = DEFAULT_RHYTHM_WEIGHT, pause_weight: float = DEFAULT_PAUSE_WEIGHT):
+                 rhythm_weight: float = DEFAULT_RHYTHM_WEIGHT, pause_weight: float = DEFAULT_PAUSE_WEIGHT,
+                 distance_weight: float = DEFAULT_DISTANCE_WEIGHT,
+                 calibrate_per_record: bool = DEFAULT_CALIBRATE_PER_RECORD,
+                 adaptation: AdaptConfig = DEFAULT_ADAPTATION):
         # stored as given (scikit-learn convention: get_params / clone); checked in fit and load
         self.model = model
         self.training = training
@@ -88,6 +110,9 @@ class RecurrentAEDetector:
         self.threshold_percentile = threshold_percentile
         self.rhythm_weight = rhythm_weight
         self.pause_weight = pause_weight
+        self.distance_weight = distance_weight
+        self.calibrate_per_record = calibrate_per_record
+        self.adaptation = adaptation
 
     def get_params(self, deep: bool = False) -> dict:
         return {name: getattr(self, name) for name in PARAMS}
@@ -110,6 +135,11 @@ class RecurrentAEDetector:
         return model_inputs(beats, self.model.window, per_beat_norm=self.model.input_norm == "beat",
                             with_template=self.model.context, context=context)
 
+    @property
+    def weights(self) -> ScoreWeights:
+        return ScoreWeights(recon=1.0, distance=self.distance_weight, premature=self.rhythm_weight,
+                            pause=self.pause_weight)
+
     # -- fitting --------------------------------------------------------------------------------
 
     def _split_validation(self, train: Beats) -> tuple[Beats, Beats]:
@@ -117,45 +147,29 @@ class RecurrentAEDetector:
         return train.subset(~is_val), train.subset(is_val)
 
     def fit(self, train: Beats, validation: Beats | None = None, *, context: Beats | None = None,
-            run_dir=None, resume: bool = False, progress: bool = False, description: str = "",
-            log=None) -> "RecurrentAEDetector":
+            af_mask: AfMask | None = None, run_dir=None, resume: bool = False, progress: bool = False,
+            description: str = "", log=None) -> "RecurrentAEDetector":
         """Train on the (normal) training beats; calibrate on held-out normal beats.
 
         validation: held-out normal beats; by default `val_fraction` of the training records are held out.
-        context: all beats (any class, labels unused) of the training records, so that templates and RR90
-        are computed exactly as at scoring time; by default the training beats themselves.
+        context: all beats (any class, labels unused) of the training records, so that templates, RR90 and
+        the per-record calibration are computed exactly as at scoring time; by default the training beats.
+        af_mask: the AF mask scoring will use (a function of whole records' beats), so that the held-out
+        normal scores, and so the threshold, are those scoring gives.
         """
-        if len(train) < 10:
-            raise ValueError(f"need at least 10 training beats, got {len(train)}")
-        if train.labelled.any():
-            normal = (train.aami == "N") | (train.aami == "")
-            train = train.subset(normal)
+        if len(train) < MIN_FIT_BEATS:
+            raise ValueError(f"need at least {MIN_FIT_BEATS} training beats, got {len(train)}")
+        train = _normal_beats(train)
         fit_part, held_out = (train, validation) if validation is not None else self._split_validation(train)
-        if len(held_out) and held_out.labelled.any():
-            held_out = held_out.subset((held_out.aami == "N") | (held_out.aami == ""))
-        if len(held_out) < 10:
-            raise ValueError(f"need at least 10 held-out normal beats, got {len(held_out)}")
+        held_out = _normal_beats(held_out)
+        if len(held_out) < MIN_FIT_BEATS:
+            raise ValueError(f"need at least {MIN_FIT_BEATS} held-out normal beats, got {len(held_out)}")
         self._check_window()
         with private_torch_state(self.training.seed, self.training.threads):  # the initial weights
             self.model_ = RecurrentAutoencoder(self.model)
-        train_in = self._inputs(fit_part, context)
-        val_in = self._inputs(held_out, context)
-        self.history_ = fit_autoencoder(self.model_, train_in, val_in, self.training, run_dir=run_dir,
-                                        resume=resume, progress=progress, log=log)
-        # calibrate every score term on the held-out normals
-        comps = self._components(held_out, val_in, self._forward(val_in)[0])
-        # the reconstruction term is calibrated on the held-out normals only (the autoencoder has seen the
-        # others); the rhythm terms involve no learning, so all normal beats calibrate them (more patients)
-        premature, pause = rhythm_terms(np.concatenate([fit_part.rr, held_out.rr]),
-                                        np.concatenate([train_in["rr_ref"], val_in["rr_ref"]]))
-        self.calibration_ = {"recon": list(robust_location_scale(comps["recon"])),
-                             "premature": list(robust_location_scale(premature)),
-                             "pause": list(robust_location_scale(pause))}
-        scores = self._combine(comps)
-        self.normal_scores_ = np.sort(scores)
-        self.threshold_ = float(np.percentile(scores, self.threshold_percentile))
-        self.decision_scores_ = self.score_samples(fit_part, context)
-        self.labels_ = (self.decision_scores_ > self.threshold_).astype(int)
+        self.history_ = fit_autoencoder(self.model_, self._inputs(fit_part, context), self._inputs(held_out, context),
+                                        self.training, run_dir=run_dir, resume=resume, progress=progress, log=log)
+        self._calibrate(fit_part, held_out, context, af_mask)
         self.training_data_ = {
             "description": description or "normal beats",
             "n_train_beats": int(len(fit_part)), "n_heldout_beats": int(len(held_out)),
@@ -163,6 +177,21 @@ class RecurrentAEDetector:
             "heldout_records": sorted(map(str, np.unique(held_out.record))),
         }
         return self
+
+    def _calibrate(self, fit_part: Beats, held_out: Beats, context: Beats | None, af_mask: AfMask | None) -> None:
+        """Morphology terms on the held-out normals (the autoencoder has seen the others), rhythm terms on
+        every normal beat (no learning involved: more patients); then the held-out normals' scores."""
+        population, rows = record_population(held_out, context)
+        raw = self._raw_terms(population)[0]
+        normals = Beats.concat([fit_part, held_out])
+        rr_ref = self._inputs(normals, context)["rr_ref"]
+        premature, pause = rhythm_terms(normals.rr, rr_ref)
+        self.calibration_ = {**calibrate({k: raw[k][rows] for k in MORPHOLOGY_TERMS}, MORPHOLOGY_TERMS),
+                             **calibrate({"premature": premature, "pause": pause}, RHYTHM_TERMS)}
+        in_af = af_mask(population)[rows] if af_mask is not None else None
+        scores = self._score(raw, population.record, rows, in_af)[0]
+        self.normal_scores_ = np.sort(scores)
+        self.threshold_ = float(np.percentile(scores, self.threshold_percentile))
 
     # -- scoring --------------------------------------------------------------------------------
 
@@ -175,9 +204,9 @@ class RecurrentAEDetector:
             raise RuntimeError("this detector is not fitted; call fit() or load()")
 
     @torch.no_grad()
-    def _forward(self, inputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _forward(self, model: RecurrentAutoencoder,
+                 inputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One pass of the autoencoder over every beat: (squared error per beat, reconstruction, latent code)."""
-        model = self._placed_model()
         model.eval()
         device = next(model.parameters()).device
         wave, template, rr = (torch.as_tensor(inputs[k], dtype=torch.float32, device=device)
@@ -194,39 +223,61 @@ class RecurrentAEDetector:
                 np.concatenate(recon) if recon else np.zeros((0, window), np.float32),
                 np.concatenate(codes) if codes else np.zeros((0, latent), np.float32))
 
-    def _components(self, beats: Beats, inputs: dict[str, np.ndarray], mse: np.ndarray) -> dict[str, np.ndarray]:
-        premature, pause = rhythm_terms(beats.rr, inputs["rr_ref"])
-        return {"recon": np.log(mse.astype(np.float64) + MSE_EPS), "premature": premature, "pause": pause}
+    def _raw_terms(self, population: Beats) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+        """Every term of every beat of whole records, before calibration; and the reconstructions and
+        latent codes. With adaptation, each record is scored by its own fine-tuned copy of the model."""
+        inputs = self._inputs(population, population)
+        distance = template_distances(population)
+        model = self._placed_model()
+        if self.adaptation.steps == 0:
+            mse, recon, codes = self._forward(model, inputs)
+        else:
+            mse = np.zeros(len(population), np.float32)
+            recon = np.zeros((len(population), self.model.window), np.float32)
+            codes = np.zeros((len(population), self.model.latent_size), np.float32)
+            for name in np.unique(population.record):
+                rows = np.flatnonzero(population.record == name)
+                part = {k: v[rows] for k, v in inputs.items()}
+                tuned = adapt(model, part, distance[rows], self.adaptation)
+                mse[rows], recon[rows], codes[rows] = self._forward(tuned, part)
+        premature, pause = rhythm_terms(population.rr, inputs["rr_ref"])
+        raw = {"recon": np.log(mse.astype(np.float64) + MSE_EPS), "distance": distance,
+               "premature": premature, "pause": pause}
+        return raw, recon, codes
 
-    def _zscores(self, comps: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return {k: (comps[k] - self.calibration_[k][0]) / self.calibration_[k][1] for k in COMPONENTS}
+    def _score(self, raw: dict[str, np.ndarray], record: np.ndarray, rows: np.ndarray,
+               in_af: np.ndarray | None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        z = zscores(raw, record, self.calibration_, self.calibrate_per_record)
+        z = {k: v[rows] for k, v in z.items()}
+        return combine(z, self.weights, in_af), z
 
-    def _combine(self, comps: dict[str, np.ndarray]) -> np.ndarray:
-        z = self._zscores(comps)
-        return (z["recon"] + self.rhythm_weight * np.maximum(z["premature"], 0.0)
-                + self.pause_weight * np.maximum(z["pause"], 0.0))
-
-    def analyse(self, beats: Beats, context: Beats | None = None) -> "Analysis":
-        """Everything the model says about each beat, from one forward pass: anomaly score, the
-        calibrated z-score of every term, the reconstruction (in the units of beats.waves) and the
-        latent code. context: all beats of the same records when `beats` is only part of its records."""
+    def analyse(self, beats: Beats, context: Beats | None = None, in_af: np.ndarray | None = None) -> "Analysis":
+        """Everything the model says about each beat, from one forward pass over the beats' records:
+        anomaly score, the calibrated z-score of every term, the reconstruction (in the units of
+        beats.waves) and the latent code. context: all beats of the same records when `beats` is only
+        part of its records. in_af: True for beats inside atrial fibrillation / flutter (the rhythm
+        stage's mask, one per beat): their rhythm terms add nothing, their shape decides."""
         self._check_fitted()
-        inputs = self._inputs(beats, context)
-        mse, recon, codes = self._forward(inputs)
-        comps = self._components(beats, inputs, mse)
+        if in_af is not None and np.shape(in_af) != (len(beats),):
+            raise ValueError(f"in_af has shape {np.shape(in_af)}; it needs one value per beat ({len(beats)})")
+        population, rows = record_population(beats, context)
+        raw, recon, codes = self._raw_terms(population)
+        score, z = self._score(raw, population.record, rows, in_af)
+        recon = recon[rows]
         if self.model.input_norm == "beat":
             _, mean, std = beat_zscore(np.asarray(beats.waves, dtype=np.float32))
             recon = recon * std + mean
-        return Analysis(score=self._combine(comps), components=self._zscores(comps),
-                        reconstruction=recon.astype(np.float32), latent=codes.astype(np.float32))
+        return Analysis(score=score, components=z, reconstruction=recon.astype(np.float32),
+                        latent=codes[rows].astype(np.float32))
 
-    def score_components(self, beats: Beats, context: Beats | None = None) -> dict[str, np.ndarray]:
-        """The calibrated z-score of every term (recon, premature, pause) for each beat."""
-        return self.analyse(beats, context).components
+    def score_components(self, beats: Beats, context: Beats | None = None,
+                         in_af: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """The calibrated z-score of every term (recon, distance, premature, pause) for each beat."""
+        return self.analyse(beats, context, in_af).components
 
-    def score_samples(self, beats: Beats, context: Beats | None = None) -> np.ndarray:
+    def score_samples(self, beats: Beats, context: Beats | None = None, in_af: np.ndarray | None = None) -> np.ndarray:
         """Anomaly score per beat, higher = more abnormal."""
-        return self.analyse(beats, context).score
+        return self.analyse(beats, context, in_af).score
 
     decision_function = score_samples
 
@@ -235,8 +286,8 @@ class RecurrentAEDetector:
         ref = self.normal_scores_
         return 100.0 * np.searchsorted(ref, np.asarray(scores, dtype=np.float64), side="right") / max(len(ref), 1)
 
-    def predict(self, beats: Beats, context: Beats | None = None) -> np.ndarray:
-        return (self.score_samples(beats, context) > self.threshold_).astype(int)
+    def predict(self, beats: Beats, context: Beats | None = None, in_af: np.ndarray | None = None) -> np.ndarray:
+        return (self.score_samples(beats, context, in_af) > self.threshold_).astype(int)
 
     def reconstruct(self, beats: Beats, context: Beats | None = None) -> np.ndarray:
         """The autoencoder's reconstruction of each beat, in the units of beats.waves."""
@@ -256,7 +307,9 @@ class RecurrentAEDetector:
             "beat_config": json.dumps(_asdict(self.beats), sort_keys=True),
             "detector": json.dumps({"threshold": self.threshold_, "threshold_percentile": self.threshold_percentile,
                                     "threshold_rule": self.threshold_rule, "rhythm_weight": self.rhythm_weight,
-                                    "pause_weight": self.pause_weight,
+                                    "pause_weight": self.pause_weight, "distance_weight": self.distance_weight,
+                                    "calibrate_per_record": self.calibrate_per_record,
+                                    "adaptation": self.adaptation.to_dict(),
                                     "calibration": self.calibration_, "components": list(COMPONENTS)},
                                    sort_keys=True),
             "training_data": json.dumps(self.training_data_, sort_keys=True),
@@ -306,7 +359,10 @@ class RecurrentAEDetector:
                       beats=BeatConfig(**json.loads(meta["beat_config"])),
                       threshold_percentile=float(det_meta["threshold_percentile"]),
                       rhythm_weight=float(det_meta["rhythm_weight"]),
-                      pause_weight=float(det_meta["pause_weight"]))
+                      pause_weight=float(det_meta["pause_weight"]),
+                      distance_weight=float(det_meta["distance_weight"]),
+                      calibrate_per_record=bool(det_meta["calibrate_per_record"]),
+                      adaptation=AdaptConfig(**det_meta["adaptation"]))
             det._check_window()
             model = RecurrentAutoencoder(det.model)
             state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
@@ -333,6 +389,13 @@ class RecurrentAEDetector:
         meta = self._metadata()
         return {k: (json.loads(v) if k not in ("format", "format_version", "package_version") else v)
                 for k, v in meta.items() if k != "history"}
+
+
+def _normal_beats(beats: Beats) -> Beats:
+    """The normal (or unlabelled) beats: training and calibration never see a labelled abnormal beat."""
+    if not beats.labelled.any():
+        return beats
+    return beats.subset((beats.aami == "N") | (beats.aami == ""))
 
 
 def _asdict(obj) -> dict:

@@ -1,12 +1,18 @@
 """Features stage: what the model and the score see of a beat besides its waveform.
 
 Per record: the template (median) beat and RR90 (the 90th percentile of its RR intervals). Per beat:
-log RR ratios for the model, and the two rhythm terms of the anomaly score (prematurity against RR90,
-compensatory pause). Also the robust z-score every score term is calibrated with. No learning here:
-the no-learning baselines and the detector share these functions, so they see the same evidence.
+log RR ratios for the model, the template distance, and the two rhythm terms of the anomaly score
+(prematurity against RR90, compensatory pause). Then how terms become a score: every term is a robust
+z-score, the morphology terms (reconstruction error, template distance) against the recording's own
+beats (per-record calibration: the threshold's promise then holds on leads, recorders and patients unlike
+the training data), the rhythm terms against normal training beats; rhythm evidence only adds, and not
+inside atrial fibrillation. No learning here: the no-learning baselines, the detector and the
+selection by cross-validation share these functions, so they see the same evidence.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -19,6 +25,23 @@ MSE_EPS = 1e-4  # floor of a squared error before its log (about the float noise
 MAD_TO_SIGMA = 1.4826  # median absolute deviation -> standard deviation of a normal distribution
 MIN_SCALE = 1e-6  # floor of a robust scale or a beat's standard deviation
 RR_REFERENCE_PERCENTILE = 90.0
+# a record's own median / MAD weigh n / (n + this) against the training calibration: a 10-beat strip
+# leans on the training data, a half-hour record (2,000 beats) on itself
+RECORD_PRIOR_BEATS = 50
+MORPHOLOGY_TERMS = ("recon", "distance")  # how the beat's shape differs: calibrated per record
+RHYTHM_TERMS = ("premature", "pause")  # when it comes: calibrated on normal training beats
+TERMS = MORPHOLOGY_TERMS + RHYTHM_TERMS
+
+
+@dataclass(frozen=True)
+class ScoreWeights:
+    """score = recon * z(recon) + distance * z(distance) + premature * max(0, z(premature))
+    + pause * max(0, z(pause)); the rhythm part is 0 inside atrial fibrillation."""
+
+    recon: float = 1.0
+    distance: float = 0.0
+    premature: float = 0.5
+    pause: float = 0.1
 
 
 def record_templates(beats: Beats) -> dict[str, np.ndarray]:
@@ -51,6 +74,16 @@ def rhythm_terms(rr: np.ndarray, rr_ref: np.ndarray) -> tuple[np.ndarray, np.nda
     return premature, _log_clipped(rr[:, 4])
 
 
+def template_distances(beats: Beats, context: Beats | None = None) -> np.ndarray:
+    """log mean squared difference of each beat from its record's template (median) beat."""
+    source = _with_missing_records(beats, context)
+    distance = np.zeros(len(beats))
+    for name, template in record_templates(source).items():
+        rows = beats.record == name
+        distance[rows] = log_squared_error(beats.waves[rows], template[None, :])
+    return distance
+
+
 def beat_zscore(waves: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Each beat z-scored on its own; also its mean and standard deviation, to undo it."""
     mean = waves.mean(axis=1, keepdims=True)
@@ -69,6 +102,47 @@ def robust_location_scale(x: np.ndarray) -> tuple[float, float]:
     return med, max(float(np.median(np.abs(x - med))) * MAD_TO_SIGMA, MIN_SCALE)
 
 
+def calibrate(raw: dict[str, np.ndarray], terms=TERMS) -> dict[str, list[float]]:
+    """[median, robust scale] of each term over the given (normal) beats."""
+    return {k: list(robust_location_scale(np.asarray(raw[k], dtype=np.float64))) for k in terms}
+
+
+def _record_location_scale(x: np.ndarray, record: np.ndarray, prior: tuple[float, float]):
+    """Per beat: its record's robust location and scale, shrunk towards `prior` for short records."""
+    loc, scale = np.empty(len(x)), np.empty(len(x))
+    for name in np.unique(record):
+        rows = record == name
+        med, mad = robust_location_scale(x[rows])
+        w = rows.sum() / (rows.sum() + RECORD_PRIOR_BEATS)
+        loc[rows], scale[rows] = w * med + (1 - w) * prior[0], w * mad + (1 - w) * prior[1]
+    return loc, scale
+
+
+def zscores(raw: dict[str, np.ndarray], record: np.ndarray, calibration: dict[str, list[float]],
+            per_record: bool = True) -> dict[str, np.ndarray]:
+    """Robust z-score of every term. raw: the terms of *whole records* (with per_record, each record's
+    beats are the reference of its morphology terms); calibration: [median, scale] of each term on
+    normal training beats (the reference of the rhythm terms, and of short records' morphology)."""
+    z = {}
+    for k in TERMS:
+        x = np.asarray(raw[k], dtype=np.float64)
+        if k in MORPHOLOGY_TERMS and per_record:
+            loc, scale = _record_location_scale(x, record, tuple(calibration[k]))
+        else:
+            loc, scale = calibration[k]
+        z[k] = (x - loc) / scale
+    return z
+
+
+def combine(z: dict[str, np.ndarray], weights: ScoreWeights, in_af: np.ndarray | None = None) -> np.ndarray:
+    """The anomaly score (see ScoreWeights). A short RR inside atrial fibrillation is the rhythm, not
+    ectopy: there a beat is judged by its shape alone."""
+    rhythm = (weights.premature * np.maximum(z["premature"], 0.0) + weights.pause * np.maximum(z["pause"], 0.0))
+    if in_af is not None:
+        rhythm = np.where(np.asarray(in_af, dtype=bool), 0.0, rhythm)
+    return weights.recon * z["recon"] + weights.distance * z["distance"] + rhythm
+
+
 def _with_missing_records(beats: Beats, context: Beats | None) -> Beats:
     """The beats that templates and RR90 come from: `context`, plus records it lacks from `beats`."""
     source = context if context is not None else beats
@@ -76,6 +150,31 @@ def _with_missing_records(beats: Beats, context: Beats | None) -> Beats:
     if missing:
         source = Beats.concat([source, beats.subset(np.isin(beats.record, list(missing)))])
     return source
+
+
+def beat_keys(beats: Beats) -> np.ndarray:
+    """"record#sample" of each beat: what identifies a beat across beat sets of the same records."""
+    return np.char.add(np.char.add(beats.record.astype(str), "#"), beats.sample.astype(str))
+
+
+def record_population(beats: Beats, context: Beats | None) -> tuple[Beats, np.ndarray]:
+    """All beats of the records `beats` come from (context's beats of those records, plus any of
+    `beats` that context lacks), and the row of each of `beats` in it. Every per-record quantity
+    (template, RR90, record calibration, patient adaptation) comes from this population, so a beat
+    scores the same whether it is scored alone or with its whole record."""
+    if context is None:
+        return beats, np.arange(len(beats))
+    names = np.unique(beats.record)
+    population = context.subset(np.isin(context.record, names))
+    keys, wanted = beat_keys(population), beat_keys(beats)
+    order = np.argsort(keys, kind="stable")
+    found = np.clip(np.searchsorted(keys[order], wanted), 0, max(len(keys) - 1, 0))
+    rows = order[found] if len(keys) else np.zeros(len(beats), dtype=np.int64)
+    missing = (keys[rows] != wanted) if len(keys) else np.ones(len(beats), dtype=bool)
+    if missing.any():
+        rows[missing] = len(population) + np.arange(missing.sum())
+        population = Beats.concat([population, beats.subset(missing)])
+    return population, rows
 
 
 def model_inputs(beats: Beats, window: int, per_beat_norm: bool = False, with_template: bool = True,

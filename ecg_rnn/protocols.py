@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from ecg_rnn import paths
 from ecg_rnn.beats import BeatConfig, Beats, beats_from_record
 from ecg_rnn.errors import DataNotFoundError
 from ecg_rnn.records import read_record
 from ecg_rnn.signal import SignalConfig
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 # de Chazal et al. 2004: inter-patient split; the paced records are excluded.
 DS1 = ("101", "106", "108", "109", "112", "114", "115", "116", "118", "119", "122", "124", "201", "203",
        "205", "207", "208", "209", "215", "220", "223", "230")
@@ -40,8 +40,8 @@ def locate_mitdb(download: bool = True, quiet: bool = False) -> Path:
     candidates = []
     if os.environ.get("MITDB_DIR"):
         candidates.append(("MITDB_DIR", Path(os.environ["MITDB_DIR"]).expanduser()))
-    candidates += [("data/mitdb", REPO_ROOT / "data" / "mitdb"),
-                   ("../shared/data/mitdb", REPO_ROOT.parent / "shared" / "data" / "mitdb")]
+    candidates += [("data/mitdb", paths.data_dir() / "mitdb"),
+                   ("../shared/data/mitdb", paths.shared_data_dir() / "mitdb")]
     for label, folder in candidates:
         if _has_records(folder):
             _say(f"MIT-BIH: using {folder} (from {label})", quiet)
@@ -50,7 +50,7 @@ def locate_mitdb(download: bool = True, quiet: bool = False) -> Path:
             raise DataNotFoundError(f"MITDB_DIR={folder} holds no WFDB records (*.hea); fix or unset it")
     if not download:
         raise DataNotFoundError("MIT-BIH not found: set MITDB_DIR, or put it in data/mitdb/")
-    target = REPO_ROOT / "data" / "mitdb"
+    target = paths.data_dir() / "mitdb"
     _say(f"MIT-BIH: not found locally; downloading from PhysioNet into {target}", quiet)
     try:
         import wfdb
@@ -83,23 +83,22 @@ def cache_key(records: tuple[str, ...], folder: Path, signal_config: SignalConfi
 
 def build_beat_set(records: tuple[str, ...] = ALL_RECORDS, folder: Path | None = None,
                    signal_config: SignalConfig = SignalConfig(), beat_config: BeatConfig = BeatConfig(),
-                   cache_dir: Path | None = REPO_ROOT / "cache", progress: bool = True) -> Beats:
-    """Beats of many records at their reference annotations; cached on disk by cache_key."""
+                   cache_dir: Path | None = None, progress: bool = True) -> Beats:
+    """Beats of many records at their reference annotations; cached on disk by cache_key in cache_dir
+    (default: cache/ in the working folder)."""
     folder = folder or locate_mitdb()
-    path = None
-    if cache_dir is not None:
-        path = Path(cache_dir) / f"beats-{cache_key(tuple(records), folder, signal_config, beat_config)}.npz"
-        if path.exists():
-            with np.load(path, allow_pickle=False) as cached:
-                return Beats(**{k: cached[k] for k in cached.files})
+    key = cache_key(tuple(records), folder, signal_config, beat_config)
+    path = Path(cache_dir or paths.cache_dir()) / f"beats-{key}.npz"
+    if path.exists():
+        with np.load(path, allow_pickle=False) as cached:
+            return Beats(**{k: cached[k] for k in cached.files})
     parts = [beats_from_record(read_record(folder / r), signal_config, beat_config, peaks="reference")
              for r in tqdm(records, desc="building beats", unit="record", disable=not progress)]
     beats = Beats.concat(parts)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")  # parallel builders (torchrun ranks) never collide
-        np.savez(tmp, **beats.to_arrays())
-        os.replace(tmp, path)  # atomic: an interrupted build never leaves a half-written cache
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")  # parallel builders (torchrun ranks) never collide
+    np.savez(tmp, **beats.to_arrays())
+    os.replace(tmp, path)  # atomic: an interrupted build never leaves a half-written cache
     return beats
 
 

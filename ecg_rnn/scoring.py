@@ -1,31 +1,28 @@
-"""Scoring stage: recordings -> beat scores -> flags, written as CSV and WFDB annotation files.
+"""Scoring stage: a recording -> its beats, scored, flagged, classified, with its AF and noise episodes.
 
-Every format goes one way: `records.open_record` gives a chunk-readable source (a WFDB record is read
-from disk a chunk at a time, so a 24-hour Holter stays within bounded memory), `beats_from_source` cuts
-its beats, and one forward pass of the detector scores them. Many recordings are scored by a process
-pool (concurrent.futures), one detector per worker, with a progress bar; a recording whose outputs
-already exist is skipped, so an interrupted run resumes where it stopped.
+Every format goes one way: `records.open_record` gives a chunk-readable source (a WFDB or EDF record is
+read from disk a chunk at a time, so a 24-hour Holter stays within bounded memory), `beats.cut_source`
+cuts its beats from R-peaks fused over every ECG lead and finds the stretches where every lead is noise,
+the rhythm stage finds AF episodes, one forward pass of the detector scores the beats (inside AF by
+morphology) and the suggest stage gives each a class. What a recording becomes on disk (CSV, events,
+WFDB annotations, report) is ecg_rnn.outputs; many recordings are ecg_rnn.bulk.
 """
 
 from __future__ import annotations
 
-import os
-import sys
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import numpy as np
-from tqdm.auto import tqdm
 
-from ecg_rnn.beats import Beats, beats_from_source
+from ecg_rnn.beats import Beats, cut_source
 from ecg_rnn.detector import Analysis, RecurrentAEDetector
-from ecg_rnn.errors import EcgRnnError
-from ecg_rnn.records import (CSV_SUFFIXES, Record, RecordSource, open_record, source_from_record,
-                             wfdb_record_name, write_annotation_file)
+from ecg_rnn.records import Record, RecordSource, source_from_record
+from ecg_rnn.rhythm import Episode, RhythmConfig, af_episodes, in_episodes
+from ecg_rnn.suggest import suggest_classes
 
-ANNOTATION_EXTENSION = "ecgrnn"  # wfdb.rdann(DIR/<name>, "ecgrnn") reads the flagged beats
-FLAG_SYMBOL = "Q"  # WFDB symbol of a flagged beat: unclassified abnormal
+NOISE_QUALITY = "noise"  # `quality` of a beat in noise
+OK_QUALITY = "ok"
+AF_RHYTHM = "AF"  # `rhythm` of a beat in atrial fibrillation
 
 
 @dataclass
@@ -33,8 +30,12 @@ class ScoredBeats:
     beats: Beats
     analysis: Analysis  # score, calibrated terms, reconstruction and latent code of every beat
     percentile: np.ndarray
-    flagged: np.ndarray  # bool
+    flagged: np.ndarray  # bool; never set for a beat whose quality is "noise"
     has_reference: bool = False
+    quality: np.ndarray | None = None  # str per beat: "ok" or "noise" (inside a noise episode)
+    rhythm: np.ndarray | None = None  # str per beat: "AF" inside an AF / flutter episode, else ""
+    suggested_class: np.ndarray | None = None  # str per beat: N, S, V, F or Q
+    episodes: list[Episode] = field(default_factory=list)  # AF and noise episodes, by start time
 
     @property
     def score(self) -> np.ndarray:
@@ -43,6 +44,7 @@ class ScoredBeats:
     def table(self):
         import pandas as pd
 
+        n = len(self.beats)
         frame = pd.DataFrame({
             "sample": self.beats.sample.astype(np.int64),
             "time_s": np.round(self.beats.time_s, 4),
@@ -50,6 +52,9 @@ class ScoredBeats:
             "score": np.round(self.score, 4),
             "percentile": np.round(self.percentile, 2),
             "flagged": self.flagged.astype(bool),
+            "quality": self.quality if self.quality is not None else np.full(n, OK_QUALITY),
+            "rhythm": self.rhythm if self.rhythm is not None else np.full(n, ""),
+            "suggested_class": self.suggested_class if self.suggested_class is not None else np.full(n, ""),
         })
         if self.has_reference:
             frame["ref_symbol"] = self.beats.symbol
@@ -57,142 +62,32 @@ class ScoredBeats:
         return frame
 
 
-def score_beats(detector: RecurrentAEDetector, beats: Beats, has_reference: bool) -> ScoredBeats:
-    """Scores, percentiles among held-out normals, and flags of the beats of whole records."""
-    analysis = detector.analyse(beats)
+def score_beats(detector: RecurrentAEDetector, beats: Beats, has_reference: bool,
+                noise_segments: list[tuple[float, float]] = (),
+                rhythm_config: RhythmConfig = RhythmConfig()) -> ScoredBeats:
+    """Everything scoring says about the beats of whole records: AF episodes from the rhythm stage
+    (outside noise), scores (inside AF by morphology: a short RR there is the rhythm, not ectopy),
+    percentiles among held-out normals, flags (never inside noise) and suggested classes."""
+    noise = [Episode(NOISE_QUALITY, a, b) for a, b in noise_segments]
+    in_noise = in_episodes(beats.time_s, noise)
+    af = [e for name in np.unique(beats.record)
+          for e in af_episodes(beats.time_s[beats.record == name], rhythm_config, noise_segments)]
+    in_af = in_episodes(beats.time_s, af)
+    analysis = detector.analyse(beats, in_af=in_af)
+    suggested = suggest_classes(beats, in_af, signal_config=detector.signal, beat_config=detector.beats)
     return ScoredBeats(beats=beats, analysis=analysis, percentile=detector.percentile(analysis.score),
-                       flagged=analysis.score > detector.threshold_, has_reference=has_reference)
+                       flagged=(analysis.score > detector.threshold_) & ~in_noise, has_reference=has_reference,
+                       quality=np.where(in_noise, NOISE_QUALITY, OK_QUALITY),
+                       rhythm=np.where(in_af, AF_RHYTHM, ""), suggested_class=suggested,
+                       episodes=sorted(af + noise, key=lambda e: e.start_s))
 
 
 def score_source(detector: RecurrentAEDetector, source: RecordSource, peaks: str = "detect") -> ScoredBeats:
-    """Cut a recording's beats with the detector's own configs (resampled to its rate) and score them;
-    templates come from all beats of the recording."""
-    beats = beats_from_source(source, detector.signal, detector.beats, peaks=peaks)
-    return score_beats(detector, beats, has_reference=source.annotations is not None)
+    """Cut a recording's beats with the detector's own configs (resampled to its rate; R-peaks fused
+    from every ECG lead, noise stretches found) and score them; templates come from all its beats."""
+    cut = cut_source(source, detector.signal, detector.beats, peaks=peaks)
+    return score_beats(detector, cut.beats, source.annotations is not None, cut.noise_segments)
 
 
 def score_record(detector: RecurrentAEDetector, record: Record, peaks: str = "detect") -> ScoredBeats:
     return score_source(detector, source_from_record(record), peaks)
-
-
-@dataclass(frozen=True)
-class ScoredFile:
-    """What scoring one file produced (a small, picklable summary for the process pool)."""
-
-    name: str
-    beats: int
-    flagged: int
-    fs: float
-    lead: str
-    csv: Path
-    annotations: Path
-
-
-def output_name(path: str | os.PathLike) -> str:
-    return wfdb_record_name(path)
-
-
-def score_file(detector: RecurrentAEDetector, path: str | os.PathLike, out_dir: Path, peaks: str = "detect",
-               lead: str | int | None = None, fs: float | None = None) -> ScoredFile:
-    """Score one recording and write `<out_dir>/<name>.csv` and `<name>.ecgrnn`. The CSV is written
-    last and atomically: its presence marks the recording as done."""
-    source = open_record(path, lead=lead, fs=fs)
-    scored = score_source(detector, source, peaks)
-    name = output_name(path)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    annotations = write_annotations(scored, out_dir, name, source.fs)
-    csv = out_dir / f"{name}.csv"
-    tmp = out_dir / f".{name}.csv.partial"
-    scored.table().to_csv(tmp, index=False)
-    os.replace(tmp, csv)
-    return ScoredFile(name=name, beats=len(scored.beats), flagged=int(scored.flagged.sum()), fs=source.fs,
-                      lead=source.lead, csv=csv, annotations=annotations)
-
-
-def write_annotations(scored: ScoredBeats, out_dir, record_name: str, fs: float,
-                      extension: str = ANNOTATION_EXTENSION) -> Path:
-    """WFDB annotation file `<out_dir>/<record_name>.ecgrnn` with one annotation per flagged beat:
-    symbol 'Q' (unclassified abnormal beat) at the beat's R-peak sample, and "score=... pct=..." as its
-    aux_note. Read it with wfdb.rdann(str(out_dir / record_name), "ecgrnn")."""
-    idx = np.flatnonzero(scored.flagged)
-    aux = [f"score={scored.score[i]:.2f} pct={scored.percentile[i]:.1f}" for i in idx]
-    return write_annotation_file(out_dir, record_name, extension, scored.beats.sample[idx], [FLAG_SYMBOL] * len(idx),
-                                 aux, fs, empty_note="ecg-rnn: no beats flagged")
-
-
-# ---------------------------------------------------------------------------------------------
-# many recordings
-
-
-def expand_inputs(inputs: list[str | os.PathLike]) -> list[Path]:
-    """Record paths as given, with every folder replaced by the WFDB records and CSV files in it."""
-    found: list[Path] = []
-    for item in map(Path, inputs):
-        if item.is_dir():
-            found += sorted(p.with_suffix("") for p in item.glob("*.hea"))
-            found += sorted(p for suffix in CSV_SUFFIXES for p in item.glob(f"*{suffix}"))
-        else:
-            found.append(item)
-    return list(dict.fromkeys(found))
-
-
-def is_done(path: Path, out_dir: Path) -> bool:
-    name = output_name(path)
-    return (out_dir / f"{name}.csv").exists() and (out_dir / f"{name}.{ANNOTATION_EXTENSION}").exists()
-
-
-_worker: dict = {}
-
-
-def _init_worker(model_path: str, threads: int) -> None:
-    import torch
-
-    torch.set_num_threads(threads)
-    _worker["detector"] = RecurrentAEDetector.load(model_path)
-
-
-def _score_in_worker(path: Path, out_dir: Path, options: dict) -> ScoredFile:
-    return score_file(_worker["detector"], path, out_dir, **options)
-
-
-@dataclass
-class BulkResult:
-    scored: list[ScoredFile]
-    skipped: list[Path]
-    failed: list[tuple[Path, str]]
-
-
-def score_many(paths: list[Path], model_path: Path, out_dir: Path, workers: int = 0, overwrite: bool = False,
-               progress: bool = True, **options) -> BulkResult:
-    """Score many recordings on a process pool; recordings already scored are skipped unless
-    `overwrite`. A bad recording is reported and the others go on."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    todo = [p for p in paths if overwrite or not is_done(p, out_dir)]
-    result = BulkResult(scored=[], skipped=[p for p in paths if p not in todo], failed=[])
-    if not todo:
-        return result
-    detector = RecurrentAEDetector.load(model_path)  # a bad model file fails here, once, in one line
-    workers = max(1, min(workers or os.cpu_count() or 1, len(todo)))
-    bar = tqdm(total=len(todo), desc="scoring", unit="record", disable=None if progress else True, file=sys.stderr)
-    if workers == 1:  # no pool for a single worker: same code path, no process start-up
-        _worker["detector"] = detector
-        for path in todo:
-            _collect(result, path, lambda p=path: _score_in_worker(p, out_dir, options), bar)
-    else:
-        with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker,
-                                 initargs=(str(model_path), 1)) as pool:
-            futures = {pool.submit(_score_in_worker, p, out_dir, options): p for p in todo}
-            for future in as_completed(futures):
-                _collect(result, futures[future], future.result, bar)
-    bar.close()
-    return result
-
-
-def _collect(result: BulkResult, path: Path, get, bar) -> None:
-    try:
-        result.scored.append(get())
-    except EcgRnnError as exc:
-        result.failed.append((path, str(exc)))
-    except ValueError as exc:  # an option the detector cannot use for this recording
-        result.failed.append((path, f"{path.name}: {exc}"))
-    bar.update(1)

@@ -10,21 +10,19 @@ from pathlib import Path
 
 import pytest
 
-from browser_helpers import CHROMIUM, CHROMIUM_ARGS, ROOT, smallest_model, streamlit_server
+from browser_helpers import CHROMIUM, CHROMIUM_ARGS, ROOT, require_chromium, smallest_model, streamlit_server
 
 SAMPLE = ROOT / "ecg_rnn" / "samples" / "mitdb"
 ARTIFACTS = ROOT / "test-artifacts"
 RECORD = "208"
 
-pytestmark = [pytest.mark.browser,
-              pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is not installed")]
+pytestmark = pytest.mark.browser
 
 
 @pytest.fixture
 def server(tmp_path):
+    require_chromium()
     model = smallest_model()
-    if model is None:
-        pytest.skip("no trained model")
     with streamlit_server(tmp_path, model) as (url, db, _log):
         yield url, db
 

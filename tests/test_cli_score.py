@@ -10,7 +10,7 @@ import pytest
 from ecg_rnn.cli import main
 
 SAMPLE = Path(__file__).resolve().parents[1] / "ecg_rnn" / "samples" / "mitdb"
-COLUMNS = ["sample", "time_s", "rr_prev_s", "score", "percentile", "flagged"]
+COLUMNS = ["sample", "time_s", "rr_prev_s", "score", "percentile", "flagged", "quality", "rhythm", "suggested_class"]
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,13 @@ def test_score_writes_csv_and_annotations(model_file, tmp_path, capsys):
         ann = wfdb.rdann(str(out / name), "ecgrnn")
         flagged = table.loc[table["flagged"], "sample"].to_numpy()
         assert len(flagged) > 0  # the model's 95th-percentile threshold flags beats in both records
-        np.testing.assert_array_equal(ann.sample, flagged)
+        beat_marks = np.isin(ann.symbol, ["V", "S", "F", "Q"])  # rhythm (+) and noise (~) marks aside
+        np.testing.assert_array_equal(ann.sample[beat_marks], flagged)
+        suggested = table.loc[table["flagged"], "suggested_class"].map({"V": "V", "S": "S", "F": "F"}).fillna("Q")
+        assert list(np.asarray(ann.symbol)[beat_marks]) == list(suggested)
+        events = pd.read_csv(out / f"{name}.events.csv")
+        assert list(events.columns[:3]) == ["kind", "start_s", "end_s"]
+        assert set(table["quality"]) <= {"ok", "noise"} and set(table["rhythm"].dropna()) <= {"AF"}
     assert "208" in capsys.readouterr().out
 
 

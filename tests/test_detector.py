@@ -6,8 +6,13 @@ import struct
 from functools import lru_cache
 from pathlib import Path
 
+import copy
+
 import numpy as np
 import pytest
+import torch
+
+from ecg_rnn.adapt import AdaptConfig, adapt
 
 from ecg_rnn.detector import RecurrentAEDetector
 from ecg_rnn.paths import default_model_path, shipped_models
@@ -30,6 +35,8 @@ def sample_beats(name: str):
 
 
 def tiny_detector(cell="lstm", bidirectional=False, seed=0):
+    """Two epochs on a few hundred beats, with a two-step patient adaptation."""
+    from ecg_rnn.adapt import AdaptConfig
     from ecg_rnn.beats import Beats
     from ecg_rnn.detector import RecurrentAEDetector
     from ecg_rnn.model import ModelConfig
@@ -41,7 +48,8 @@ def tiny_detector(cell="lstm", bidirectional=False, seed=0):
     train = train.subset(np.sort(rng.choice(normal, 600, replace=False)))
     det = RecurrentAEDetector(model=ModelConfig(cell=cell, bidirectional=bidirectional, hidden_size=8,
                                                 latent_size=4, step_samples=3),
-                              training=TrainConfig(epochs=2, batch_size=64, max_train_beats=300, seed=seed))
+                              training=TrainConfig(epochs=2, batch_size=64, max_train_beats=300, seed=seed),
+                              adaptation=AdaptConfig(steps=2, batch_size=32), distance_weight=0.5)
     return det.fit(train, log=lambda m: None)
 
 
@@ -60,12 +68,14 @@ def test_fit_and_score(det, beats208):
     assert s.shape == (len(beats208),) and np.isfinite(s).all()
     assert np.isfinite(det.threshold_)
     assert np.all(np.diff(det.normal_scores_) >= 0)
-    assert len(det.labels_) == det.training_data_["n_train_beats"]
     pred = det.predict(beats208)
     assert pred.dtype.kind == "i" and set(np.unique(pred)) <= {0, 1}
     np.testing.assert_array_equal(pred, (s > det.threshold_).astype(int))
-    pct = det.percentile(s)
-    assert pct.min() >= 0 and pct.max() <= 100
+    pct = det.percentile(s)  # rank among the held-out normal scores: rises with the score, 0..100
+    assert np.all(np.diff(pct[np.argsort(s, kind="stable")]) >= 0)
+    normal = det.normal_scores_
+    assert det.percentile(normal[[-1]])[0] == 100.0 and det.percentile(normal[[0]] - 1.0)[0] == 0.0
+    assert det.percentile(np.median(normal, keepdims=True))[0] == pytest.approx(50.0, abs=100 / len(normal))
     np.testing.assert_array_equal(det.decision_function(beats208), s)  # sklearn's name for the same scores
     # V beats of 208 score higher than its normal beats, even for a 2-epoch toy model
     assert np.median(s[beats208.aami == "V"]) > np.median(s[beats208.aami == "N"])
@@ -80,7 +90,8 @@ def test_reconstruct_and_embed(det, beats208):
 
 
 def test_context_changes_only_templates(det, beats208):
-    """Scoring a subset with context= gives the same scores as scoring the whole record."""
+    """Scoring a subset with context= gives the same scores as scoring the whole record: templates, the
+    record's calibration and the patient adaptation all come from the whole record."""
     full = det.score_samples(beats208)
     part = det.score_samples(beats208.subset(slice(100, 200)), context=beats208)
     np.testing.assert_allclose(part, full[100:200], rtol=1e-5, atol=1e-5)
@@ -93,11 +104,66 @@ def test_save_load_roundtrip(det, beats208, tmp_path):
     np.testing.assert_allclose(back.score_samples(beats208), det.score_samples(beats208), rtol=1e-6, atol=1e-6)
     assert back.threshold_ == det.threshold_
     assert back.signal == det.signal and back.beats == det.beats
-    assert back.model == det.model
+    assert back.model == det.model and back.get_params() == det.get_params()
     np.testing.assert_array_equal(back.normal_scores_, det.normal_scores_)
     desc = back.describe()
     assert desc["training_data"]["n_train_beats"] == det.training_data_["n_train_beats"]
     assert desc["package_version"]
+
+
+def test_inside_af_only_shape_counts(det, beats208):
+    """in_af removes the rhythm terms (and only them) from the score of the beats it marks."""
+    everywhere = np.ones(len(beats208), dtype=bool)
+    plain, in_af = det.analyse(beats208), det.analyse(beats208, in_af=everywhere)
+    for name, z in plain.components.items():
+        np.testing.assert_array_equal(z, in_af.components[name])
+    z = plain.components
+    np.testing.assert_allclose(in_af.score, z["recon"] + det.distance_weight * z["distance"], atol=1e-9)
+    premature = z["premature"] > 2
+    assert premature.any() and np.all(in_af.score[premature] < plain.score[premature])
+    with pytest.raises(ValueError, match="one value per beat"):
+        det.analyse(beats208, in_af=everywhere[:10])
+
+
+def test_per_record_calibration_centres_every_record(det, beats208):
+    """Per record, the morphology z-scores are centred on the record's own median beat (up to the short
+    record prior, 50 of 3,005 beats' weight here); with training-set calibration they are not."""
+    z = det.score_components(beats208)
+    twin = copy.copy(det).set_params(calibrate_per_record=False)
+    z_training = twin.score_components(beats208)
+    for term in ("recon", "distance"):
+        assert abs(np.median(z[term])) < 0.05 * abs(np.median(z_training[term])), term
+
+
+def test_adaptation_lowers_the_records_typical_error(det, beats208):
+    from ecg_rnn.features import model_inputs, template_distances
+
+    inputs = model_inputs(beats208, det.model.window, context=beats208)
+    distance = template_distances(beats208)
+    typical = distance <= np.median(distance)
+    before = det._forward(det.model_, inputs)[0]
+    weights = [p.detach().clone() for p in det.model_.parameters()]
+    tuned = adapt(det.model_, inputs, distance, AdaptConfig(steps=30, lr=3e-3))
+    after = det._forward(tuned, inputs)[0]
+    assert np.mean(after[typical]) < np.mean(before[typical])
+    assert all(torch.equal(a, b) for a, b in zip(weights, det.model_.parameters()))  # the original is untouched
+
+
+def test_adam_steps_are_torch_adam():
+    from ecg_rnn.adapt import AdamSteps
+
+    torch.manual_seed(0)
+    ours, theirs = torch.nn.Linear(5, 3), torch.nn.Linear(5, 3)
+    theirs.load_state_dict(ours.state_dict())
+    step, opt = AdamSteps(list(ours.parameters()), 0.01), torch.optim.Adam(theirs.parameters(), lr=0.01)
+    x = torch.randn(16, 5)
+    for _ in range(5):
+        for model, update in ((ours, step), (theirs, opt.step)):
+            model.zero_grad()
+            (model(x) ** 2).mean().backward()
+            update()
+    for a, b in zip(ours.parameters(), theirs.parameters()):
+        torch.testing.assert_close(a, b)
 
 
 def test_tampered_checkpoint_refused(det, tmp_path):
@@ -168,13 +234,16 @@ def test_score_record_table(det):
     scored = score_record(det, read_record(SAMPLE / "100"), peaks="reference")
     assert isinstance(scored, ScoredBeats)
     table = scored.table()
-    assert list(table.columns) == ["sample", "time_s", "rr_prev_s", "score", "percentile", "flagged",
-                                   "ref_symbol", "ref_aami"]
+    columns = list(table.columns)
+    assert columns[:6] == ["sample", "time_s", "rr_prev_s", "score", "percentile", "flagged"]
+    assert columns[-2:] == ["ref_symbol", "ref_aami"]
+    np.testing.assert_allclose(table["score"], scored.score, atol=1e-4)
     assert len(table) == len(scored.beats) and table["flagged"].dtype == bool
 
 
-# Measured with the shipped default: V vs N on 208 (DS1) 0.998, S vs N on 232 (DS2, never trained on) 0.981.
-SHIPPED_MIN_AUC = {("208", "V"): 0.99, ("232", "S"): 0.95}
+# Measured with two versions of the shipped default: V vs N on 208 (DS1) 0.998 and 0.996, S vs N on 232
+# (DS2, never trained on) 0.981 and 0.954.
+SHIPPED_MIN_AUC = {("208", "V"): 0.98, ("232", "S"): 0.9}
 
 
 def test_shipped_default_loads_and_separates_ectopic_beats(default_detector):

@@ -37,12 +37,13 @@ def test_metrics_by_hand():
     assert "F" not in m["per_class"]
 
 
-# Measured ROC-AUC of each row with this tiny configuration (1 epoch, 300 beats): ecg-rnn 0.863,
-# template + RR90 0.770, PCA 0.949, IsolationForest 0.846, variants lstm 0.865, gru 0.827, bilstm 0.850.
-# Scores that lost their beats' labels would give 0.5. The plain LSTM AE baseline (0.045 here: it
-# reconstructs these abnormal beats better than the normal ones) is the literature's weak baseline, with
-# no claim on its AUC; it is checked for scoring the whole test set.
-MIN_DETECTOR_AUC = 0.75
+# Measured ROC-AUC of each row with this tiny configuration (1 epoch, 300 beats): ecg-rnn 0.768, its
+# ablations (no adaptation, training-set calibration) 0.783 and 0.859, template + RR 0.962 (training-set
+# calibration 0.911), PCA record-normalised 0.949, PCA z-scored 0.945, IsolationForest 0.846, variants lstm
+# 0.783, gru 0.817, bilstm 0.769. Scores that lost their beats' labels would give 0.5. The plain LSTM AE
+# (0.045 here: one epoch of 300 beats leaves it on the trivial constant reconstruction, see
+# docs/evaluation/selection.md) is checked for scoring the whole test set, with its loss history kept.
+MIN_DETECTOR_AUC = 0.7
 PLAIN_BASELINE = "plain LSTM"
 
 
@@ -69,6 +70,9 @@ def test_evaluate_cli_tiny(tmp_path, monkeypatch, capsys):
     names = [r["name"] for r in report["rows"]]
     assert any("PCA" in n for n in names) and any("IsolationForest" in n for n in names)
     assert any("plain LSTM" in n for n in names) and any("gru" in n for n in names)
+    plain = next(r for r in report["rows"] if PLAIN_BASELINE in r["name"])
+    assert len(plain["loss_history"]) == 1 and plain["loss_history"][0][0]["epoch"] == 1
+    assert report["af_mask"] == "detected"
     n_test, n_abnormal = len(split.test), int(split.test.is_abnormal.sum())
     for row in report["rows"]:
         m = row["metrics"]

@@ -14,15 +14,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from browser_helpers import CHROMIUM, CHROMIUM_ARGS, ROOT, health, smallest_model, streamlit_server
+from browser_helpers import (CHROMIUM, CHROMIUM_ARGS, ROOT, health, require_chromium, smallest_model,
+                             streamlit_server)
 
 SAMPLE = ROOT / "ecg_rnn" / "samples" / "mitdb"
 MINUTES = 1.5
 HEALTH_BOUND_S = 5.0  # every health poll answers within this, however busy the sessions are (2 cores)
 SESSION_TIMEOUT_MS = 100_000
 
-pytestmark = [pytest.mark.browser,
-              pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is not installed")]
+pytestmark = pytest.mark.browser
 
 
 def _excerpts(folder: Path) -> dict[str, list[Path]]:
@@ -111,9 +111,8 @@ async def _drive(url: str, records: dict[str, list[Path]]):
 
 
 def test_concurrent_sessions_finish_and_health_answers(tmp_path):
+    require_chromium()
     model = smallest_model()
-    if model is None:
-        pytest.skip("no trained model")
     records = _excerpts(tmp_path)
     with streamlit_server(tmp_path, model) as (url, db, log):
         poller = HealthPoller(url)

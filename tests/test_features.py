@@ -1,0 +1,61 @@
+"""Score calibration and combination (no learning): per-record z-scores, short records, AF, populations."""
+
+import numpy as np
+
+from ecg_rnn.beats import Beats
+from ecg_rnn.features import (RECORD_PRIOR_BEATS, ScoreWeights, combine, record_population, zscores)
+
+CALIBRATION = {"recon": [0.0, 1.0], "distance": [0.0, 1.0], "premature": [0.1, 0.1], "pause": [0.0, 0.05]}
+
+
+def _raw(n, rng, shift=0.0):
+    return {"recon": rng.normal(shift, 2.0, n), "distance": rng.normal(shift, 1.0, n),
+            "premature": rng.normal(0.1, 0.1, n), "pause": rng.normal(0.0, 0.05, n)}
+
+
+def test_per_record_z_ignores_how_a_record_differs_from_training():
+    """A lead or recorder whose beats all reconstruct worse (shifted, wider errors) gets the same
+    per-record z-scores as one like the training data; the training-set calibration flags it wholesale."""
+    rng = np.random.default_rng(0)
+    base = _raw(2000, rng)
+    worse = {k: (v * 3 + 5 if k in ("recon", "distance") else v) for k, v in base.items()}
+    record = np.full(2000, "a")
+    z_base, z_worse = zscores(base, record, CALIBRATION), zscores(worse, record, CALIBRATION)
+    for k in ("recon", "distance"):
+        np.testing.assert_allclose(z_base[k], z_worse[k], atol=0.05 * np.abs(z_base[k]).max())
+    np.testing.assert_array_equal(z_base["premature"], z_worse["premature"])  # rhythm: training calibration
+    assert np.mean(zscores(worse, record, CALIBRATION, per_record=False)["recon"] > 3) > 0.5
+
+
+def test_a_short_strip_leans_on_the_training_calibration():
+    rng = np.random.default_rng(1)
+    raw = _raw(10, rng, shift=4.0)
+    z = zscores(raw, np.full(10, "strip"), CALIBRATION)["recon"]
+    weight = 10 / (10 + RECORD_PRIOR_BEATS)
+    median = np.median(raw["recon"])
+    assert abs(np.median(z) - (1 - weight) * median / (weight * 1.4826 * np.median(np.abs(raw["recon"] - median))
+                                                       + (1 - weight))) < 1e-9
+
+
+def test_rhythm_adds_only_evidence_and_nothing_in_af():
+    z = {"recon": np.array([0.0, 0.0, 0.0]), "distance": np.array([1.0, 1.0, 1.0]),
+         "premature": np.array([4.0, -4.0, 4.0]), "pause": np.array([2.0, 2.0, -2.0])}
+    w = ScoreWeights(recon=1.0, distance=0.5, premature=1.0, pause=0.5)
+    np.testing.assert_allclose(combine(z, w), [0.5 + 4 + 1, 0.5 + 1, 0.5 + 4])
+    np.testing.assert_allclose(combine(z, w, np.array([True, False, True])), [0.5, 0.5 + 1, 0.5])
+
+
+def test_population_finds_every_beat_and_adds_the_missing():
+    def beats(record, sample):
+        n = len(sample)
+        return Beats(record=np.array(record), sample=np.array(sample), time_s=np.array(sample, float),
+                     waves=np.zeros((n, 4), np.float32), rr=np.ones((n, 5), np.float32),
+                     symbol=np.full(n, "N"), aami=np.full(n, "N"))
+
+    context = beats(["a", "a", "a", "b", "b"], [10, 20, 30, 10, 20])
+    scored = beats(["a", "b", "a", "c"], [30, 10, 40, 5])
+    population, rows = record_population(scored, context)
+    assert set(population.record) == {"a", "b", "c"}  # record c comes from the scored beats alone
+    np.testing.assert_array_equal(population.record[rows], scored.record)
+    np.testing.assert_array_equal(population.sample[rows], scored.sample)
+    assert len(population) == 5 + 2  # a#40 and c#5 were missing from the context

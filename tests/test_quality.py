@@ -1,0 +1,160 @@
+"""Quality stage: noisy windows, noise segments and R-peaks fused across leads, on the shipped records."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ecg_rnn import quality, stress
+from ecg_rnn.errors import SignalError
+from ecg_rnn.signal import detect_r_peaks, resample
+
+SAMPLE = Path(__file__).resolve().parents[1] / "data" / "mitdb-sample"
+BEAT_SYMBOLS = frozenset("NLRBAaJSVrFejnE/fQ?")
+EXCERPT_S = 600.0
+CLEAN_START_S, STRETCH_S = 60.0, 60.0  # the NSTDB schedule shrunk to fit a 10-minute excerpt
+TOLERANCE_S = 0.15
+
+
+@functools.lru_cache(maxsize=None)
+def _sample(name: str) -> tuple[np.ndarray, float, np.ndarray, np.ndarray]:
+    """Both leads of a shipped sample record, its rate, its reference beats and its normal beats
+    (fails, not skips, when the shipped data is missing)."""
+    assert (SAMPLE / f"{name}.hea").exists(), f"shipped sample record {name} is missing from {SAMPLE}"
+    import wfdb
+
+    record = wfdb.rdrecord(str(SAMPLE / name))
+    annotation = wfdb.rdann(str(SAMPLE / name), "atr")
+    symbols = np.array(annotation.symbol)
+    beats = annotation.sample[np.isin(symbols, list(BEAT_SYMBOLS))]
+    normal = annotation.sample[np.isin(symbols, ["N", "L", "R"])]
+    return record.p_signal.copy(), float(record.fs), beats, normal
+
+
+def _excerpt_with_noise(name: str, kind: str, snr_db: float, leads: tuple[int, ...], seed: int = 1):
+    """The first EXCERPT_S of a sample record with noise on `leads` in the (shrunk) noisy stretches."""
+    x, fs, beats, normal = _sample(name)
+    n = int(EXCERPT_S * fs)
+    x = x[:n].copy()
+    mask = stress.noisy_mask(n, fs, CLEAN_START_S, STRETCH_S)
+    rng = np.random.default_rng(seed)
+    for lead in leads:
+        noise = stress.make_noise(kind, n, fs, rng)
+        x[:, lead] = stress.add_noise(x[:, lead], noise, fs, snr_db, normal[normal < n], mask)
+    return x, fs, beats[beats < n], mask
+
+
+def _windows_inside(mask: np.ndarray, fs: float, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """Windows wholly inside the noisy stretches, and windows wholly outside them."""
+    window = int(quality.QualityConfig().window_s * fs)
+    share = np.array([mask[k * window:(k + 1) * window].mean() for k in range(count)])
+    return share == 1.0, share == 0.0
+
+
+def _se_ppv(reference: np.ndarray, found: np.ndarray, fs: float) -> tuple[float, float]:
+    tolerance = TOLERANCE_S * fs
+    hit_reference = np.array([np.any(np.abs(found - r) <= tolerance) for r in reference])
+    hit_found = np.array([np.any(np.abs(reference - f) <= tolerance) for f in found])
+    return hit_reference.mean(), hit_found.mean()
+
+
+@pytest.mark.parametrize("name", ["100", "208", "232"])
+def test_clean_lead_0_is_not_flagged(name):
+    x, fs, _, _ = _sample(name)
+    assert quality.lead_quality(x[:, 0], fs).mean() <= 0.03
+
+
+@pytest.mark.parametrize("kind", ["em", "ma"])
+def test_stretches_with_0_db_noise_are_flagged_and_clean_stretches_are_not(kind):
+    x, fs, _, mask = _excerpt_with_noise("208", kind, 0.0, leads=(0,))
+    flags = quality.lead_quality(x[:, 0], fs)
+    noisy, clean = _windows_inside(mask, fs, len(flags))
+    assert flags[noisy].mean() >= 0.7
+    assert flags[clean].mean() <= 0.05
+
+
+def test_fusion_keeps_the_beats_when_one_lead_is_destroyed_and_adds_none():
+    x, fs, reference, mask = _excerpt_with_noise("100", "em", -6.0, leads=(0,))
+    fused = quality.fuse_leads(x, fs)
+    in_noise = reference[mask[reference]]
+    single = detect_r_peaks(x[:, 0], fs)
+    se_single, ppv_single = _se_ppv(in_noise, single[mask[single]], fs)
+    se, ppv = _se_ppv(in_noise, fused.samples[mask[fused.samples]], fs)
+    assert min(se_single, ppv_single) < 0.95  # lead 0 alone is really spoilt...
+    assert se >= 0.995 and ppv >= 0.995  # ...and fusion takes lead 1's beats instead
+    assert (fused.lead[mask[fused.samples]] == 1).mean() >= 0.7
+    assert fused.noise_segments == []  # lead 1 stayed clean: no stretch is lost
+
+
+def test_noise_on_lead_1_changes_nothing_on_a_clean_lead_0():
+    x, fs, _, _ = _excerpt_with_noise("100", "ma", -6.0, leads=(1,))
+    fused = quality.fuse_leads(x, fs)
+    alone = detect_r_peaks(x[:, 0], fs)
+    assert np.array_equal(fused.samples, alone)
+    assert (fused.lead == 0).all()
+
+
+def test_both_leads_noisy_become_noise_segments():
+    x, fs, _, mask = _excerpt_with_noise("100", "em", -6.0, leads=(0, 1))
+    fused = quality.fuse_leads(x, fs)
+    t = np.arange(len(x)) / fs
+    inside = np.zeros(len(x), bool)
+    for start, end in fused.noise_segments:
+        inside |= (t >= start) & (t < end)
+    assert inside[mask].mean() >= 0.6
+    assert inside[~mask].mean() <= 0.05
+    assert all(0 <= a < b <= EXCERPT_S for a, b in fused.noise_segments)
+
+
+def test_flat_and_clipped_stretches_are_noisy():
+    x, fs, _, _ = _sample("100")
+    lead = x[: int(EXCERPT_S * fs), 0].copy()
+    lead[int(100 * fs):int(130 * fs)] = lead[int(100 * fs)]  # electrode off: a flat line
+    clip = np.percentile(lead, [40, 60])
+    lead[int(300 * fs):int(330 * fs)] = np.clip(lead[int(300 * fs):int(330 * fs)], *clip)  # saturated amplifier
+    flags = quality.lead_quality(lead, fs)
+    window_s = quality.QualityConfig().window_s
+    assert flags[int(100 / window_s):int(130 / window_s)].all()
+    assert flags[int(300 / window_s):int(330 / window_s)].all()
+    assert flags.mean() <= 12 / len(flags) + 0.03
+
+
+@pytest.mark.parametrize("fs_new", [128.0, 250.0])
+def test_other_sampling_rates(fs_new):
+    x, fs, _, mask = _excerpt_with_noise("232", "em", 0.0, leads=(0,))
+    y = resample(x[:, 0], fs, fs_new)
+    flags = quality.lead_quality(y, fs_new)
+    noisy, clean = _windows_inside(mask, fs, len(flags))
+    assert flags[noisy].mean() >= 0.7 and flags[clean].mean() <= 0.05
+
+
+def test_chunks_overlapping_by_20_s_give_the_beats_of_the_whole_record():
+    x, fs, _, _ = _sample("208")
+    whole = quality.fuse_leads(x, fs).samples
+    half, margin = len(x) // 2, int(20 * fs)
+    first = quality.fuse_leads(x[:half + margin], fs).samples
+    second = quality.fuse_leads(x[half - margin:], fs).samples + half - margin
+    stitched = np.r_[first[first < half], second[second >= half]]
+    assert len(np.setxor1d(stitched, whole)) <= 0.005 * len(whole)
+
+
+def test_noise_segments_merge_adjacent_noisy_windows():
+    mask = np.array([False, True, True, False, True])
+    assert quality.noise_segments(mask, 5.0) == [(5.0, 15.0), (20.0, 25.0)]
+    assert quality.noise_segments(mask, 5.0, duration_s=23.5) == [(5.0, 15.0), (20.0, 23.5)]
+    assert quality.noise_segments(np.zeros(4, bool), 5.0) == []
+
+
+def test_bad_input_raises_signal_errors():
+    x, fs, _, _ = _sample("100")
+    with pytest.raises(SignalError, match="long"):
+        quality.lead_quality(x[: int(2 * fs), 0], fs)
+    broken = x[: int(60 * fs), 0].copy()
+    broken[100] = np.nan
+    with pytest.raises(SignalError, match="NaN"):
+        quality.lead_quality(broken, fs)
+    with pytest.raises(SignalError, match="R-peaks for 1 leads"):
+        quality.fuse_leads(x[: int(60 * fs)], fs, peaks=[np.array([10, 400])])

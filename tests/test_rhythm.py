@@ -1,0 +1,126 @@
+"""Rhythm stage: AF episodes from beat times on real MIT-BIH records (AF, ectopy, pauses, other rates)."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ecg_rnn.errors import SignalError
+from ecg_rnn.rhythm import AF, Episode, RhythmConfig, af_episodes, in_episodes, rr_dispersion, rr_serial_correlation
+from ecg_rnn.signal import detect_r_peaks, resample
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "data" / "mitdb-sample"
+MITDB = REPO.parent / "shared" / "data" / "mitdb"
+AF_EXCERPT_S = 600.0  # record 201: AF until 378 s, nodal and sinus rhythm with ectopy, AF 477-514 s, sinus
+AF_201 = [(0.0, 378.4), (477.3, 514.1)]  # its reference AF in the excerpt (rhythm annotations)
+
+
+@functools.lru_cache(maxsize=None)
+def _lead0(folder: Path, name: str, seconds: float | None = None) -> tuple[np.ndarray, float]:
+    """Lead 0 of an MIT-BIH record (or its first `seconds`) and its rate; fails when the data is absent."""
+    assert (folder / f"{name}.hea").exists(), f"MIT-BIH record {name} is missing from {folder}"
+    import wfdb
+
+    header = wfdb.rdheader(str(folder / name))
+    stop = header.sig_len if seconds is None else int(seconds * header.fs)
+    record = wfdb.rdrecord(str(folder / name), channels=[0], sampto=stop)
+    return record.p_signal[:, 0].copy(), float(record.fs)
+
+
+def _detected_times(folder: Path, name: str, seconds: float | None = None) -> np.ndarray:
+    x, fs = _lead0(folder, name, seconds)
+    return detect_r_peaks(x, fs) / fs
+
+
+def _seconds_in(episodes: list[Episode], start: float, end: float) -> float:
+    return sum(max(0.0, min(e.end_s, end) - max(e.start_s, start)) for e in episodes)
+
+
+def test_af_is_found_where_record_201_is_in_atrial_fibrillation():
+    episodes = af_episodes(_detected_times(MITDB, "201", AF_EXCERPT_S))
+    assert all(e.kind == AF for e in episodes)
+    reference_s = sum(end - start for start, end in AF_201)
+    true_s = sum(_seconds_in(episodes, start, end) for start, end in AF_201)
+    found_s = sum(e.duration_s for e in episodes)
+    assert true_s >= 0.9 * reference_s  # the AF is found...
+    assert true_s >= 0.75 * found_s  # ...with some over-calling in 201's ectopy-rich nodal and sinus rhythm
+
+
+@pytest.mark.parametrize("name", ["100", "232"])
+def test_no_af_on_sinus_rhythm_or_pauses(name):
+    # 232: sinus bradycardia with frequent atrial premature beats and long pauses
+    assert af_episodes(_detected_times(SAMPLE, name)) == []
+
+
+def test_little_af_on_chaotic_ventricular_ectopy():
+    # 208: frequent PVCs in couplets, bigeminy and trigeminy with fusion beats. A known limitation
+    # (docs/evaluation/rhythm.md): a few of its most chaotic stretches look like AF to RR intervals.
+    times = _detected_times(SAMPLE, "208")
+    found_s = sum(e.duration_s for e in af_episodes(times))
+    assert found_s <= 0.12 * (times[-1] - times[0])
+
+
+def test_bigeminy_is_not_af():
+    # record 119: ventricular bigeminy and trigeminy alternating with sinus rhythm
+    assert af_episodes(_detected_times(MITDB, "119")) == []
+
+
+def test_irregular_but_repeating_patterns_have_low_dispersion_and_af_high():
+    rng = np.random.default_rng(0)
+    bigeminy = np.tile([0.5, 1.1], 40) + rng.normal(0, 0.01, 80)
+    random_rr = rng.uniform(0.4, 1.2, 80)  # independent intervals, as in AF
+    config = RhythmConfig()
+    assert np.median(rr_dispersion(bigeminy, config)) < 0.5 * config.hold_dispersion
+    assert np.median(rr_dispersion(random_rr, config)) > config.enter_dispersion
+    # premature beats and their compensatory pauses alternate: successive intervals anti-correlate
+    assert np.median(rr_serial_correlation(bigeminy, config)) < -0.9
+    assert abs(np.median(rr_serial_correlation(random_rr, config))) < 0.3
+
+
+def _af_seconds(episodes: list[Episode], step_s: float = 0.1) -> np.ndarray:
+    grid = np.arange(0.0, AF_EXCERPT_S, step_s)
+    return in_episodes(grid, episodes)
+
+
+@pytest.mark.parametrize("fs_new", [128.0, 250.0])
+def test_other_sampling_rates_give_the_same_episodes(fs_new):
+    x, fs = _lead0(MITDB, "201", AF_EXCERPT_S)
+    at_360 = af_episodes(detect_r_peaks(x, fs) / fs)
+    y = resample(x, fs, fs_new)
+    other = af_episodes(detect_r_peaks(y, fs_new) / fs_new)
+    a, b = _af_seconds(at_360), _af_seconds(other)
+    # the same AF time, up to where a borderline stretch crosses the threshold at one rate only
+    assert (a & b).sum() >= 0.9 * (a | b).sum() and a.sum() > 0
+    assert abs(len(other) - len(at_360)) <= 1
+
+
+def test_noise_segments_are_left_out():
+    times = _detected_times(MITDB, "201", AF_EXCERPT_S)
+    episodes = af_episodes(times, noise_segments=[(150.0, 200.0)])
+    assert _seconds_in(episodes, 150.0, 200.0) == 0.0
+    assert _seconds_in(episodes, 0.0, 150.0) >= 0.8 * 150.0  # AF on either side is still found
+
+
+def test_a_long_gap_interrupts_the_analysis():
+    times = _detected_times(MITDB, "201", AF_EXCERPT_S)
+    gapped = times[(times < 100.0) | (times > 110.0)]  # 10 s without beats (lost signal)
+    assert _seconds_in(af_episodes(gapped, RhythmConfig(merge_gap_s=0.0)), 100.0, 110.0) == 0.0
+
+
+def test_in_episodes_marks_times_inside_any_episode():
+    episodes = [Episode(AF, 40.0, 50.0), Episode(AF, 10.0, 20.0)]
+    times = np.array([5.0, 10.0, 15.0, 20.0, 45.0, 50.0, 60.0])
+    assert in_episodes(times, episodes).tolist() == [False, True, True, False, True, False, False]
+    assert not in_episodes(times, []).any()
+
+
+def test_too_few_beats_give_no_episode_and_bad_input_raises():
+    assert af_episodes(np.arange(10) * 0.8) == []
+    with pytest.raises(SignalError, match="NaN"):
+        af_episodes(np.array([0.0, np.nan, 1.0]))
+    with pytest.raises(ValueError, match="hold_dispersion"):
+        RhythmConfig(enter_dispersion=0.05, hold_dispersion=0.1)
