@@ -28,6 +28,7 @@ VIEWS = ("Beats", "Groups", "Episodes", "Overview", "Export")
 UPLOAD_TYPES = ["hea", "dat", "atr", "qrs", "zip", "csv", "txt", "edf", "bdf"]
 PAGE_ROWS = 14  # the queue table shows the page of the current beat, all of it without scrolling
 ROW_PX = 35
+REVIEW_PX, GROUP_PX = 104, 34  # queue table columns: together with the others they fit 1400 px
 # one screen at 1400 x 1000: less padding above the page and between blocks, smaller metric values
 COMPACT_CSS = """<style>
 [data-testid="stMainBlockContainer"] {padding: 3.2rem 1.5rem 1rem 1.5rem;}
@@ -36,12 +37,17 @@ COMPACT_CSS = """<style>
 [data-testid="stMain"] h3 {padding: 0 0 0.2rem 0;}
 </style>"""
 # keyboard: n / p / u press Next flagged / Prev flagged / Next unreviewed (outside text fields); after
-# the shown beat changes (a save, a step) the focus goes to its Save button, so Enter confirms and moves on
+# the shown beat changes (a save, a step) the focus goes to its Save button, so Enter confirms and moves on.
+# While the app reruns, the previous beat's form stays on the page (marked data-stale) until the new one
+# replaces it: a pressed Save gives up the focus, and only a current (not stale) button is focused or
+# pressed, so Enter never lands on the form of the beat just saved.
 KEYBOARD_JS = """<script>
 (() => {
   const document = window.parent.document;  // this runs in a component's frame, on the app's origin
+  const current = (label) => [...document.querySelectorAll('button')]
+    .find(x => x.innerText.trim() === label && !x.closest('[data-stale=true]'));
   const press = (label) => {
-    const b = [...document.querySelectorAll('button')].find(x => x.innerText.trim() === label);
+    const b = current(label);
     if (b && !b.disabled) { b.click(); return true; }
     return false;
   };
@@ -51,16 +57,26 @@ KEYBOARD_JS = """<script>
     if (ev.ctrlKey || ev.metaKey || ev.altKey || tag === 'input' || tag === 'textarea' || t.isContentEditable) return;
     if (keys[ev.key] && press(keys[ev.key])) ev.preventDefault();
   };
-  // this frame is replaced on every beat: the listener of the previous one goes with it
-  if (window.parent.ecgRnnKeys) document.removeEventListener('keydown', window.parent.ecgRnnKeys);
-  window.parent.ecgRnnKeys = onKey;
-  document.addEventListener('keydown', onKey);
-  const focusSave = () => {
-    const b = [...document.querySelectorAll('button')].find(x => x.innerText.trim() === 'Save review');
-    if (b) b.focus({preventScroll: true});
+  const onClick = (ev) => {
+    const b = ev.target.closest && ev.target.closest('button');
+    if (b && b.innerText.trim() === 'Save review') setTimeout(() => b.blur(), 0);
   };
-  setTimeout(focusSave, 60);
-  setTimeout(focusSave, 400);
+  // this frame is replaced on every beat: the listeners of the previous one go with it
+  const listen = (type, name, handler) => {
+    if (window.parent[name]) document.removeEventListener(type, window.parent[name]);
+    window.parent[name] = handler;
+    document.addEventListener(type, handler);
+  };
+  listen('keydown', 'ecgRnnKeys', onKey);
+  listen('click', 'ecgRnnSaveClick', onClick);
+  // focus the shown beat's Save once it is drawn (this frame comes after it, so it is usually there already)
+  let tries = 40;
+  const focusSave = () => {
+    const b = current('Save review');
+    if (b) b.focus({preventScroll: true});
+    else if (--tries > 0) setTimeout(focusSave, 50);
+  };
+  focusSave();
 })();
 </script>"""
 
@@ -536,7 +552,9 @@ def beat_header(i: int) -> str:
 
 if beat_tab.open:
     with beat_tab:
-        left, right = st.columns([5, 7], gap="small")
+        # the queue table's columns (widths below, every queue order) fit its column at 1400 px without
+        # scrolling sideways; the rest is the beat's strip, figure and form
+        left, right = st.columns([11, 13], gap="small")
         i = int(st.session_state["beat"])
         order = [int(b) for b in queue]
         groups_shown = flagged_groups() if queue_order == "group" else None
@@ -560,13 +578,16 @@ if beat_tab.open:
                              column_order=[c for c in ("time", "score", "reference", "suggested", "group", "review",
                                                        "RR (s)") if c in table.columns],
                              column_config={
+                                 "_index": st.column_config.NumberColumn("beat", width=50),
                                  "time": st.column_config.TextColumn(width=70),
-                                 "score": st.column_config.NumberColumn(format="%.2f", width=52),
-                                 "reference": st.column_config.TextColumn("ref", width=34),
-                                 "suggested": st.column_config.TextColumn("sugg", width=42),
-                                 "group": st.column_config.NumberColumn("grp", width=36),
-                                 "review": st.column_config.TextColumn(width=120),
-                                 "RR (s)": st.column_config.NumberColumn("RR s", format="%.3f", width=52)})
+                                 "score": st.column_config.NumberColumn(format="%.2f", width=46),
+                                 "reference": st.column_config.TextColumn("ref", width=32),
+                                 "suggested": st.column_config.TextColumn("sugg", width=38),
+                                 "group": st.column_config.NumberColumn("grp", width=GROUP_PX),
+                                 # the group column (group order) takes its width from the review column
+                                 "review": st.column_config.TextColumn(
+                                     width=REVIEW_PX - (GROUP_PX if "group" in table.columns else 0)),
+                                 "RR (s)": st.column_config.NumberColumn("RR s", format="%.3f", width=48)})
                 pages = (len(order) + PAGE_ROWS - 1) // PAGE_ROWS
                 c1, c2 = st.columns([2, 1])
                 c1.caption(f"rows {first + 1}–{first + len(page)} of {len(order)} · page {first // PAGE_ROWS + 1} of "

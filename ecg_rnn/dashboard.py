@@ -35,7 +35,7 @@ from ecg_rnn.beats import AAMI_CLASSES, ABNORMAL_CLASSES
 from ecg_rnn.bulk import SUMMARY_NAME, read_summary
 from ecg_rnn.errors import CheckpointError, DataNotFoundError
 from ecg_rnn.records import RecordSource
-from ecg_rnn.reviews import Review, ReviewConflict, ReviewStore
+from ecg_rnn.reviews import Review, ReviewStore
 from ecg_rnn.rhythm import Episode, in_episodes
 from ecg_rnn.scoring import score_source
 from ecg_rnn.suggest import QRS_WINDOW_S, BeatLayout, SuggestConfig, qrs_width
@@ -638,38 +638,9 @@ def bulk_save(store: ReviewStore, digest: str, record_name: str, expected: dict[
 
 
 def undo_bulk(store: ReviewStore, action: BulkAction, reviewer: str) -> int:
-    """Put every beat of a bulk action back as it was (its previous review, or no review), in one
-    transaction, with a history entry per beat (source "undo"); refused with ReviewConflict, changing
-    nothing, when someone saved one of those beats since. Returns the number of beats restored.
-
-    Stopgap: ecg_rnn.reviews has no restore / delete yet; this writes its tables in its own transaction
-    and belongs in ReviewStore (ReviewStore.restore) once it has one."""
-    samples = sorted(action.after_versions)
-    stamp = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-    with store._transaction() as con:  # noqa: SLF001 - the store's own write lock (see the docstring)
-        current = store.get_many(action.digest, samples)
-        changed = [current[s] for s in samples if s not in current or current[s].version != action.after_versions[s]]
-        if changed or len(current) != len(samples):
-            raise ReviewConflict(f"Not undone: {len(changed) or len(samples) - len(current)} of these "
-                                 f"{len(samples)} beats were changed since; nothing was undone.", changed)
-        for s in samples:
-            now, prev = current[s], action.before.get(s)
-            if prev is None:
-                con.execute("DELETE FROM reviews WHERE record_digest = ? AND sample = ?", (action.digest, s))
-                restored = ("", "", "", reviewer, now.version + 1)
-            else:
-                con.execute("UPDATE reviews SET decision = ?, beat_class = ?, note = ?, reviewer = ?, "
-                            "updated_at = ?, version = ? WHERE record_digest = ? AND sample = ?",
-                            (prev.decision, prev.beat_class, prev.note, prev.reviewer, stamp, now.version + 1,
-                             action.digest, s))
-                restored = (prev.decision, prev.beat_class, prev.note, prev.reviewer, now.version + 1)
-            con.execute(
-                "INSERT INTO review_history (record_digest, sample, version, decision, beat_class, note, reviewer, "
-                "changed_at, prev_decision, prev_class, prev_note, prev_reviewer, prev_version, source) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'undo')",
-                (action.digest, s, restored[4], *restored[:4], stamp, now.decision, now.beat_class, now.note,
-                 now.reviewer, now.version))
-    return len(samples)
+    """Put every beat of a bulk action back as it was (its previous review, or none); refused with
+    ReviewConflict, changing nothing, when someone saved one of those beats since."""
+    return store.restore(action.digest, action.after_versions, action.before, reviewer)
 
 
 def same_review(existing: Review, decision: str, beat_class: str, note: str, reviewer: str) -> bool:

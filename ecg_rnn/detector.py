@@ -56,13 +56,15 @@ FORMAT = "ecg-rnn-detector"
 FORMAT_VERSION = 2  # 2: template-distance term, per-record calibration, patient adaptation
 MAX_CHECKPOINT_BYTES = 64 << 20
 COMPONENTS = TERMS
-DEFAULT_MODEL_CONFIG = ModelConfig()
+# The defaults were selected by 5-fold cross-validation by record inside MIT-BIH DS1 (ecg_rnn.selection;
+# docs/evaluation/selection.md, whose selection.json a test keeps equal to these).
+DEFAULT_MODEL_CONFIG = ModelConfig(hidden_size=32, latent_size=16, step_samples=6)
 DEFAULT_TRAIN_CONFIG = TrainConfig()
-DEFAULT_ADAPTATION = AdaptConfig()
+DEFAULT_ADAPTATION = AdaptConfig(steps=10, lr=3e-3)
 DEFAULT_THRESHOLD_PERCENTILE = 95.0
-DEFAULT_RHYTHM_WEIGHT = 0.5
-DEFAULT_PAUSE_WEIGHT = 0.1
-DEFAULT_DISTANCE_WEIGHT = 0.0
+DEFAULT_RHYTHM_WEIGHT = 1.5
+DEFAULT_PAUSE_WEIGHT = 0.3
+DEFAULT_DISTANCE_WEIGHT = 1.0
 DEFAULT_CALIBRATE_PER_RECORD = True
 MIN_FIT_BEATS = 10
 

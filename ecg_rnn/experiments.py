@@ -172,7 +172,8 @@ def _methods(detector, protocol: str, beats: Beats, tc: TrainConfig, tc_plain: T
                     lambda split: TemplateRRBaseline().fit(split.train, beats, af_mask)))
     methods.append(("template + RR (no learning), training-set calibration",
                     lambda split: TemplateRRBaseline(calibrate_per_record=False).fit(split.train, beats, af_mask)))
-    methods.append(("PCA (10 comp., record-normalised beats)", lambda split: FeatureBaseline("pca", seed).fit(split.train)))
+    methods.append(("PCA (10 comp., record-normalised beats)",
+                    lambda split: FeatureBaseline("pca", seed).fit(split.train)))
     methods.append(("PCA (10 comp., z-scored beats)", lambda split: FeatureBaseline("pca-z", seed).fit(split.train)))
     methods.append(("IsolationForest", lambda split: FeatureBaseline("iforest", seed).fit(split.train)))
     if compare:
@@ -366,8 +367,8 @@ def run_training(name: str = "default", model_config=None, train_config: TrainCo
     det = RecurrentAEDetector(model=model_config, training=train_config, **kwargs)
     context = beats.subset(np.isin(beats.record, DS1))  # templates / RR90 from all beats of each record
     det.fit(split.train, context=context, af_mask=detected_af_mask, run_dir=run_dir, resume=resume,
-            progress=progress, description="MIT-BIH DS1 (de Chazal 2004) normal beats, reference R-peaks; "
-                                           "settings selected by cross-validation on DS1 (docs/evaluation/selection.md)")
+            progress=progress, description="MIT-BIH DS1 (de Chazal 2004) normal beats, reference R-peaks; settings "
+                                           "selected by cross-validation on DS1 (docs/evaluation/selection.md)")
     if not distributed.is_main():  # the other torchrun ranks only helped to train
         distributed.teardown()
         return None

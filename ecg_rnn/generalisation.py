@@ -3,7 +3,8 @@ atrial fibrillation.
 
 1. DS2 (never used for any choice) resampled to 128, 250 and 500 Hz, on its second lead, and with the
    amplitude halved and doubled (ecg_rnn.variants): ROC-AUC, AP, and the share of normal beats flagged,
-   which the threshold promises to be about (100 - threshold percentile) %.
+   which the threshold promises to be about (100 - threshold percentile) %; per DS2 record, where the
+   flagged normal beats come from.
 2. The MIT-BIH records with atrial fibrillation or flutter: normal beats inside the reference AF / AFL
    episodes flagged, and ventricular beats found, with the AF mask given to the detector.
 
@@ -40,8 +41,8 @@ def _say(msg: str, progress: bool) -> None:
 
 def _row(beats: Beats, scores: np.ndarray, threshold: float) -> dict:
     m = evaluate_detector(beats, scores, threshold)
-    return {"roc_auc": m["roc_auc"], "ap": m["ap"], "normal_flagged": 1.0 - m["specificity"],
-            "recall_V": m["per_class"].get("V", {}).get("recall"), "recall_S": m["per_class"].get("S", {}).get("recall")}
+    recall = {f"recall_{c}": m["per_class"].get(c, {}).get("recall") for c in ("V", "S")}
+    return {"roc_auc": m["roc_auc"], "ap": m["ap"], "normal_flagged": 1.0 - m["specificity"], **recall}
 
 
 def evaluate_variants(detector: RecurrentAEDetector, folder: Path, records: tuple[str, ...] = DS2,
@@ -62,6 +63,25 @@ def evaluate_variants(detector: RecurrentAEDetector, folder: Path, records: tupl
         rows.append(row)
         _say(f"{variant.name}: ROC-AUC {row['roc_auc']:.4f} AP {row['ap']:.4f} normal flagged "
              f"{row['normal_flagged']:.3f} ({time.monotonic() - t0:.0f} s)", progress)
+    return rows
+
+
+def record_breakdown(detector: RecurrentAEDetector, folder: Path, records: tuple[str, ...] = DS2,
+                     progress: bool = True) -> list[dict]:
+    """Per record (original recordings, the rhythm stage's AF mask): normal beats flagged, abnormal beats
+    found, and which term put the flagged normal beats over the threshold (median z of each term)."""
+    beats = build_beat_set(records, folder, detector.signal, detector.beats, progress=progress)
+    analysis = detector.analyse(beats, in_af=detected_af_mask(beats))
+    flagged = analysis.score > detector.threshold_
+    rows = []
+    for name in records:
+        normal, abnormal = (beats.record == name) & (beats.aami == "N"), (beats.record == name) & beats.is_abnormal
+        wrong = normal & flagged
+        rows.append({"record": name, "normal": int(normal.sum()), "normal_flagged": float(flagged[normal].mean()),
+                     "abnormal": int(abnormal.sum()),
+                     "abnormal_recall": float(flagged[abnormal].mean()) if abnormal.any() else None,
+                     "flagged_normal_median_z": {k: float(np.median(z[wrong])) if wrong.any() else None
+                                                 for k, z in analysis.components.items()}})
     return rows
 
 
@@ -106,8 +126,20 @@ def markdown(report: dict) -> str:
                      f"{100 * r['normal_flagged']:.1f} % | {r['recall_V']:.3f} | {r['recall_S']:.3f} | "
                      f"{r['no_learning_roc_auc']:.4f} | {r['no_learning_ap']:.3f} | "
                      f"{100 * r['no_learning_normal_flagged']:.1f} % |")
+    lines += ["", "## Where the flagged normal beats come from (DS2, original recordings)", "",
+              "Median z-score of each term over the record's flagged normal beats: the term that put them over "
+              "the threshold.", "",
+              "| record | normal beats | flagged | abnormal beats | found | z recon | z distance | z premature | "
+              "z pause |", "|---" * 9 + "|"]
+    for r in report["records"]:
+        z = r["flagged_normal_median_z"]
+        cells = ["–" if z[k] is None else f"{z[k]:.1f}" for k in ("recon", "distance", "premature", "pause")]
+        found = "–" if r["abnormal_recall"] is None else f"{r['abnormal_recall']:.3f}"
+        lines.append(f"| {r['record']} | {r['normal']} | {100 * r['normal_flagged']:.1f} % | {r['abnormal']} | "
+                     f"{found} | " + " | ".join(cells) + " |")
     lines += ["", "## Inside atrial fibrillation (records " + ", ".join(AF_RECORDS) + ")", "",
-              f"Targets: normal beats inside reference AF / AFL flagged <= {100 * AF_TARGETS['normal_flagged_pooled']:g} % "
+              "Targets: normal beats inside reference AF / AFL flagged <= "
+              f"{100 * AF_TARGETS['normal_flagged_pooled']:g} % "
               f"pooled and <= {100 * AF_TARGETS['normal_flagged_per_record']:g} % per record; V recall >= "
               f"{AF_TARGETS['v_recall']}. 201 and 203 are DS1 records (their normal beats may have trained the "
               "model); the others are DS2.", "",
@@ -118,7 +150,8 @@ def markdown(report: dict) -> str:
             rec = "–" if r["v_recall"] is None else f"{r['v_recall']:.3f}"
             lines.append(f"| {kind} | {r['record']} | {r['normal_in_af']} | {flag} | {r['v_beats']} | {rec} |")
         p = res["pooled"]
-        lines.append(f"| {kind} | **pooled** | | **{100 * p['normal_in_af_flagged']:.1f} %** | | **{p['v_recall']:.3f}** |")
+        lines.append(f"| {kind} | **pooled** | | **{100 * p['normal_in_af_flagged']:.1f} %** | | "
+                     f"**{p['v_recall']:.3f}** |")
     return "\n".join(lines) + "\n"
 
 
@@ -133,9 +166,11 @@ def main(argv: list[str] | None = None) -> int:
     detector = RecurrentAEDetector.load(model)
     folder = locate_mitdb(quiet=not progress)
     t0 = time.monotonic()
-    report = {"model": Path(model).name, "command": "python -m ecg_rnn.generalisation"
-              + (f" --model {args.model}" if args.model else ""), "threshold_percentile": detector.threshold_percentile,
+    command = " ".join(["python -m ecg_rnn.generalisation", *(sys.argv[1:] if argv is None else argv)])
+    report = {"model": Path(model).name, "command": command,
+              "threshold_percentile": detector.threshold_percentile,
               "variants": evaluate_variants(detector, folder, progress=progress),
+              "records": record_breakdown(detector, folder, progress=progress),
               "af_records": evaluate_af_records(detector, folder, progress=progress)}
     report["seconds"] = time.monotonic() - t0
     args.out.mkdir(parents=True, exist_ok=True)

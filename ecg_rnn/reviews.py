@@ -317,6 +317,44 @@ class ReviewStore:
                 out[s] = Review(record_digest, s, decision, beat_class, note, reviewer, stamp, version, name)
         return out
 
+    def restore(self, record_digest: str, expected: dict[int, int], previous: dict[int, "Review | None"],
+                reviewer: str) -> int:
+        """Undo: put each beat of `expected` (sample -> the version the caller saved) back to `previous`
+        (its review before, or None for no review), in one transaction, with a history entry per beat
+        (source "undo"). Refused with ReviewConflict, changing nothing, when a beat changed since."""
+        samples = sorted(expected)
+        stamp = _now()
+        with self._transaction() as con:
+            current = self.get_many(record_digest, samples)
+            changed = [current[s] for s in samples if s in current and current[s].version != expected[s]]
+            missing = [s for s in samples if s not in current]
+            if changed or missing:
+                raise ReviewConflict(f"Not undone: {len(changed) + len(missing)} of these {len(samples)} beats "
+                                     "were changed since; nothing was undone.", changed)
+            for s in samples:
+                _restore_rows(con, record_digest, s, current[s], previous.get(s), reviewer, stamp)
+        return len(samples)
+
+
+def _restore_rows(con, record_digest: str, sample: int, now: "Review", previous: "Review | None", reviewer: str,
+                  stamp: str) -> None:
+    """One beat put back: its previous review, or no review; the history keeps what was replaced."""
+    version = now.version + 1
+    if previous is None:
+        con.execute("DELETE FROM reviews WHERE record_digest = ? AND sample = ?", (record_digest, sample))
+        restored = ("", "", "", reviewer)
+    else:
+        con.execute("UPDATE reviews SET decision = ?, beat_class = ?, note = ?, reviewer = ?, updated_at = ?, "
+                    "version = ? WHERE record_digest = ? AND sample = ?",
+                    (previous.decision, previous.beat_class, previous.note, previous.reviewer, stamp, version,
+                     record_digest, sample))
+        restored = (previous.decision, previous.beat_class, previous.note, previous.reviewer)
+    con.execute("INSERT INTO review_history (record_digest, sample, version, decision, beat_class, note, reviewer, "
+                "changed_at, prev_decision, prev_class, prev_note, prev_reviewer, prev_version, source) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'undo')",
+                (record_digest, sample, version, *restored, stamp, now.decision, now.beat_class, now.note,
+                 now.reviewer, now.version))
+
 
 def _conflict_message(conflicts: list[Review], n: int) -> str:
     who = sorted({c.reviewer for c in conflicts})

@@ -13,7 +13,8 @@ threshold's promise on the other lead (a recording unlike the training data: at 
 3 % to 8 % of its normal beats flagged), the one with the best pooled average precision (default lead)
 wins; then the most sensitive threshold percentile whose pooled specificity (each beat against its own
 fold's threshold) is at least MIN_SPECIFICITY. The no-learning template + RR score gets the same search
-over its own weights, so the comparison is fair. DS2 is never read here: it is scored once, by `ecg-rnn evaluate`, with what this selected.
+over its own weights, so the comparison is fair. DS2 is never read here: it is scored once, by
+`ecg-rnn evaluate`, with what this selected.
 
     python -m ecg_rnn.selection --out docs/evaluation            # everything, in one process
     python -m ecg_rnn.selection terms --candidate 0 --work DIR   # or: each model candidate's fold terms
@@ -41,7 +42,7 @@ from ecg_rnn.baselines import plain_lstm_config
 from ecg_rnn.beats import ABNORMAL_CLASSES, Beats
 from ecg_rnn.detector import AfMask, RecurrentAEDetector
 from ecg_rnn.experiments import AF_MASKS, detected_af_mask, reference_af_mask
-from ecg_rnn.features import (MORPHOLOGY_TERMS, RHYTHM_TERMS, TERMS, ScoreWeights, beat_keys, calibrate, combine,
+from ecg_rnn.features import (MORPHOLOGY_TERMS, RHYTHM_TERMS, ScoreWeights, beat_keys, calibrate, combine,
                               model_inputs, record_population, rhythm_terms, zscores)
 from ecg_rnn.metrics import evaluate_detector
 from ecg_rnn.model import ModelConfig, RecurrentAutoencoder
@@ -77,8 +78,9 @@ class SelectionConfig:
         Candidate("h32 z8 6/step, both leads", ModelConfig(hidden_size=32, latent_size=8, step_samples=6), True),
         Candidate("h64 z12 3/step (previous default)", ModelConfig()),
     )
-    adaptations: tuple[AdaptConfig, ...] = (AdaptConfig(), AdaptConfig(steps=10, lr=3e-3), AdaptConfig(steps=30, lr=3e-3),
-                                            AdaptConfig(steps=30, lr=1e-3), AdaptConfig(steps=100, lr=1e-3))
+    adaptations: tuple[AdaptConfig, ...] = (AdaptConfig(), AdaptConfig(steps=10, lr=3e-3),
+                                            AdaptConfig(steps=30, lr=3e-3), AdaptConfig(steps=30, lr=1e-3),
+                                            AdaptConfig(steps=100, lr=1e-3))
     distance_weights: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0)
     rhythm_weights: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0, 3.0)
     pause_weights: tuple[float, ...] = (0.0, 0.1, 0.3, 0.6)
@@ -107,7 +109,9 @@ class SelectionData:
     @classmethod
     def load(cls, path: Path) -> "SelectionData":
         with np.load(path, allow_pickle=False) as d:
-            part = lambda prefix: Beats(**{k.split(".", 1)[1]: d[k] for k in d.files if k.startswith(prefix)})  # noqa: E731
+            def part(prefix: str) -> Beats:
+                return Beats(**{k.split(".", 1)[1]: d[k] for k in d.files if k.startswith(prefix)})
+
             return cls(beats=part("beats."), other_lead=part("other."), reference_af=d["reference_af"])
 
 
@@ -194,7 +198,8 @@ def fold_detector(data: SelectionData, train_records: tuple[str, ...], candidate
     Held out for early stopping and calibration: the default lead of `val_fraction` of the records."""
     path = None
     if cache is not None:
-        path = cache / f"detector-{_key(train_records, candidate.model.to_dict(), candidate.other_lead_training, training.to_dict())}.safetensors"
+        key = _key(train_records, candidate.model.to_dict(), candidate.other_lead_training, training.to_dict())
+        path = cache / f"detector-{key}.safetensors"
         if path.exists():
             return RecurrentAEDetector.load(path)
     context = data.beats.subset(np.isin(data.beats.record, train_records))
@@ -209,7 +214,8 @@ def fold_detector(data: SelectionData, train_records: tuple[str, ...], candidate
     t0 = time.monotonic()
     det = RecurrentAEDetector(model=candidate.model, training=training)
     det.fit(train, validation, context=context, log=lambda m: None, description="DS1 selection fold")
-    _say(f"  trained on {len(train)} normal beats in {time.monotonic() - t0:.0f} s ({len(det.history_)} epochs)", progress)
+    _say(f"  trained on {len(train)} normal beats in {time.monotonic() - t0:.0f} s ({len(det.history_)} epochs)",
+         progress)
     if path is not None:
         det.save(path)
     return det

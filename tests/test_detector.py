@@ -4,7 +4,6 @@ import json
 import pickle
 import struct
 from functools import lru_cache
-from pathlib import Path
 
 import copy
 

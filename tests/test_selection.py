@@ -54,9 +54,9 @@ def test_fold_terms_rebuild_the_detectors_scores(data, tmp_path):
     terms = load_terms(tmp_path / "t.npz")[(0, 0)]
     det.set_params(adaptation=adaptation, distance_weight=0.5, rhythm_weight=1.0)
     context = data.beats.subset(np.isin(data.beats.record, train_records))
-    det._calibrate(context.subset((context.aami == "N") & ~np.isin(context.record, det.training_data_["heldout_records"])),
-                   context.subset((context.aami == "N") & np.isin(context.record, det.training_data_["heldout_records"])),
-                   context, masks["detected"])
+    held = np.isin(context.record, det.training_data_["heldout_records"])
+    normal = context.aami == "N"
+    det._calibrate(context.subset(normal & ~held), context.subset(normal & held), context, masks["detected"])
     test = data.beats.subset(data.beats.record == "208")
     expected = det.score_samples(test, in_af=masks["detected"](test))
     scores, threshold = score_fold(terms, det.weights, True, det.threshold_percentile, "detected")
