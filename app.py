@@ -36,11 +36,12 @@ COMPACT_CSS = """<style>
 [data-testid="stMetricValue"] {font-size: 1.3rem;}
 [data-testid="stMain"] h3 {padding: 0 0 0.2rem 0;}
 </style>"""
-# keyboard: n / p / u press Next flagged / Prev flagged / Next unreviewed (outside text fields); after
-# the shown beat changes (a save, a step) the focus goes to its Save button, so Enter confirms and moves on.
+# keyboard: n / p / u press Next flagged / Prev flagged / Next unreviewed (outside text fields); when a
+# beat's Save button is drawn (a save, a step) the focus goes to it, so Enter confirms and moves on.
 # While the app reruns, the previous beat's form stays on the page (marked data-stale) until the new one
 # replaces it: a pressed Save gives up the focus, and only a current (not stale) button is focused or
-# pressed, so Enter never lands on the form of the beat just saved.
+# pressed, so Enter never lands on the form of the beat just saved. The frame stays the same from run to
+# run: it watches the page for the new button instead of waiting to be reloaded at the end of each run.
 KEYBOARD_JS = """<script>
 (() => {
   const document = window.parent.document;  // this runs in a component's frame, on the app's origin
@@ -61,22 +62,27 @@ KEYBOARD_JS = """<script>
     const b = ev.target.closest && ev.target.closest('button');
     if (b && b.innerText.trim() === 'Save review') setTimeout(() => b.blur(), 0);
   };
-  // this frame is replaced on every beat: the listeners of the previous one go with it
-  const listen = (type, name, handler) => {
-    if (window.parent[name]) document.removeEventListener(type, window.parent[name]);
-    window.parent[name] = handler;
-    document.addEventListener(type, handler);
-  };
-  listen('keydown', 'ecgRnnKeys', onKey);
-  listen('click', 'ecgRnnSaveClick', onClick);
-  // focus the shown beat's Save once it is drawn (this frame comes after it, so it is usually there already)
-  let tries = 40;
-  const focusSave = () => {
+  let focused = null;  // the Save button focused last: each new one is focused once
+  const focusNewSave = () => {
     const b = current('Save review');
-    if (b) b.focus({preventScroll: true});
-    else if (--tries > 0) setTimeout(focusSave, 50);
+    if (b && b !== focused) { focused = b; b.focus({preventScroll: true}); }
   };
-  focusSave();
+  // a reloaded frame (a new page view) replaces the listeners and the watcher of the previous one
+  const parent = window.parent;
+  if (parent.ecgRnnKeys) {
+    document.removeEventListener('keydown', parent.ecgRnnKeys);
+    document.removeEventListener('click', parent.ecgRnnSaveClick);
+    parent.ecgRnnWatcher.disconnect();
+  }
+  parent.ecgRnnKeys = onKey;
+  parent.ecgRnnSaveClick = onClick;
+  parent.ecgRnnWatcher = new MutationObserver(focusNewSave);
+  document.addEventListener('keydown', onKey);
+  document.addEventListener('click', onClick);
+  parent.ecgRnnWatcher.observe(document.body, {childList: true, subtree: true, attributes: true,
+                                               attributeFilter: ['data-stale']});
+  window.addEventListener('pagehide', () => parent.ecgRnnWatcher.disconnect());  // left the Beats view
+  focusNewSave();
 })();
 </script>"""
 
@@ -612,16 +618,19 @@ if beat_tab.open:
             nav[3].button("Next unreviewed", disabled=nxt is None, on_click=go_to, args=(nxt if nxt is not None else i,),
                           use_container_width=True, key="next_unreviewed")
             st.markdown(beat_header(i))
-            st.plotly_chart(dash.strip_figure(a, flags, i, reviews=reviews, episodes=episodes), key="strip",
-                            config={"displaylogo": False, "displayModeBar": False})
+            strip_slot = st.container()
             show_flash(st)
             fig_col, form_col = st.columns([4, 3], gap="small")
+            # the form before the figures: its Save button (and the keyboard focus) is there while they are
+            # drawn, so Enter can confirm a beat without waiting for its plots
+            review_form(i, "b", form_col, next_beat=nxt)
+            strip_slot.plotly_chart(dash.strip_figure(a, flags, i, reviews=reviews, episodes=episodes), key="strip",
+                                    config={"displaylogo": False, "displayModeBar": False})
             fig_col.plotly_chart(dash.beat_figure(a, i, dash.typical_normal(a, flags)), key="beatfig",
                                  config={"displaylogo": False, "displayModeBar": False})
-            review_form(i, "b", form_col, next_beat=nxt)
-        # after the shown beat changes, keyboard focus goes to its Save button (see KEYBOARD_JS)
-        # our own constant script in a same-origin frame (never user content); a new beat is a new frame
-        st.sidebar.iframe(KEYBOARD_JS + f"<!-- beat {a.digest} {i} -->", height=1)
+        # the keys, and the focus on each new beat's Save button (see KEYBOARD_JS): our own constant script
+        # in a same-origin frame (never user content), drawn while the Beats view is open
+        st.sidebar.iframe(KEYBOARD_JS, height=1)
 
 # ---------------------------------------------------------------------------------------------
 # Groups: flagged beats clustered by morphology, one group at a time, decided with a confirm step and

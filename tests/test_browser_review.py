@@ -103,11 +103,17 @@ def _step(page, action) -> str:
 
 
 def _selected_beat(page) -> int | None:
-    """The beat number of the ticked row of the queue table (its accessible grid names the rows)."""
-    cells = page.get_by_test_id("stDataFrame").first.locator("[aria-selected=true]")
-    if cells.count() == 0:
+    """The beat number of the ticked row of the queue table: the first cell (the index) of the row its
+    accessible grid marks selected (the row's own text runs its cells together). A new beat's table is a
+    new grid: its accessible rows come a moment after the run ends, so wait for them first."""
+    from playwright.sync_api import expect
+
+    grid = page.get_by_test_id("stDataFrame").first
+    expect(grid.locator("td").first).to_be_attached()
+    rows = grid.locator("tr[aria-selected=true]")
+    if rows.count() == 0:
         return None
-    return int(re.match(r"\d+", cells.first.inner_text()).group())
+    return int(rows.first.locator("td").first.inner_text())
 
 
 def _within_viewport(page, locator) -> bool:

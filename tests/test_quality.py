@@ -12,7 +12,7 @@ from ecg_rnn import quality, stress
 from ecg_rnn.errors import SignalError
 from ecg_rnn.signal import detect_r_peaks, resample
 
-SAMPLE = Path(__file__).resolve().parents[1] / "data" / "mitdb-sample"
+SAMPLE = Path(__file__).resolve().parents[1] / "ecg_rnn" / "samples" / "mitdb"
 BEAT_SYMBOLS = frozenset("NLRBAaJSVrFejnE/fQ?")
 EXCERPT_S = 600.0
 CLEAN_START_S, STRETCH_S = 60.0, 60.0  # the NSTDB schedule shrunk to fit a 10-minute excerpt

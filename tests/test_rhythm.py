@@ -13,7 +13,7 @@ from ecg_rnn.rhythm import AF, Episode, RhythmConfig, af_episodes, in_episodes, 
 from ecg_rnn.signal import detect_r_peaks, resample
 
 REPO = Path(__file__).resolve().parents[1]
-SAMPLE = REPO / "data" / "mitdb-sample"
+SAMPLE = REPO / "ecg_rnn" / "samples" / "mitdb"
 MITDB = REPO.parent / "shared" / "data" / "mitdb"
 AF_EXCERPT_S = 600.0  # record 201: AF until 378 s, nodal and sinus rhythm with ectopy, AF 477-514 s, sinus
 AF_201 = [(0.0, 378.4), (477.3, 514.1)]  # its reference AF in the excerpt (rhythm annotations)

@@ -11,7 +11,7 @@ from scipy import signal as sps
 
 from ecg_rnn import stress
 
-SAMPLE = Path(__file__).resolve().parents[1] / "data" / "mitdb-sample"
+SAMPLE = Path(__file__).resolve().parents[1] / "ecg_rnn" / "samples" / "mitdb"
 FS = 360.0
 
 
