@@ -13,7 +13,6 @@ Efficiency = rate with W workers / (W x rate with 1 worker).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import wfdb
 
-from benchmarks.run import machine
+from benchmarks.run import machine, write_results
 from ecg_rnn.bulk import ERRORS_NAME, LOOPBACK, SUMMARY_NAME, BulkConfig, score_many
 from ecg_rnn.paths import default_model_path
 from ecg_rnn.protocols import locate_mitdb
@@ -112,10 +111,7 @@ def main() -> None:
             print(f"{workers} worker(s) ...", file=sys.stderr)
             results["runs"].append(bench_workers(workers, records, model, Path(scratch)))
     results["load_end"] = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    text = report(results)
-    args.out.write_text(text)
-    args.out.with_suffix(".json").write_text(json.dumps(results, indent=2))
-    print(text)
+    write_results(args.out, report(results), results)
 
 
 if __name__ == "__main__":

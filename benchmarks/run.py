@@ -233,9 +233,13 @@ def main() -> None:
     if not args.skip_training:
         print("one training epoch ...", file=sys.stderr)
         results["training"] = bench_training(Path(model))
-    text = report(results)
-    args.out.write_text(text)
-    args.out.with_suffix(".json").write_text(json.dumps(results, indent=2))
+    write_results(args.out, report(results), results)
+
+
+def write_results(out: Path, text: str, results: dict) -> None:
+    """The Markdown report, its JSON twin, and the report on stdout."""
+    out.write_text(text)
+    out.with_suffix(".json").write_text(json.dumps(results, indent=2))
     print(text)
 
 

@@ -7,7 +7,6 @@ to `runs/<name>/` with metrics and plots.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys

@@ -60,7 +60,7 @@ def test_pdf_report_renders_and_states_the_counts(record_208, tmp_path):
                           text=True).stdout
     facts = record_208["facts"]
     assert facts["V_beats"] == 992 and facts["af_burden"] == pytest.approx(180.0 / record_208["track"].duration_s)
-    assert re.search(rf"Ventricular \(V\) beats\s+992\s+reviewed", text)
+    assert re.search(r"Ventricular \(V\) beats\s+992\s+reviewed", text)
     assert re.search(rf"Ventricular couplets\s+{facts['V_couplets']}\s", text)
     assert re.search(rf"AF burden\s+{100 * facts['af_burden']:.1f}%", text)
     assert "Ventricular trigeminy" in text and "threshold" in text and "97th percentile" in text
