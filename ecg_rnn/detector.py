@@ -171,7 +171,7 @@ class RecurrentAEDetector:
             self.model_ = RecurrentAutoencoder(self.model)
         self.history_ = fit_autoencoder(self.model_, self._inputs(fit_part, context), self._inputs(held_out, context),
                                         self.training, run_dir=run_dir, resume=resume, progress=progress, log=log)
-        self._calibrate(fit_part, held_out, context, af_mask)
+        self.recalibrate(fit_part, held_out, context, af_mask)
         self.training_data_ = {
             "description": description or "normal beats",
             "n_train_beats": int(len(fit_part)), "n_heldout_beats": int(len(held_out)),
@@ -180,11 +180,14 @@ class RecurrentAEDetector:
         }
         return self
 
-    def _calibrate(self, fit_part: Beats, held_out: Beats, context: Beats | None, af_mask: AfMask | None) -> None:
-        """Morphology terms on the held-out normals (the autoencoder has seen the others), rhythm terms on
-        every normal beat (no learning involved: more patients); then the held-out normals' scores."""
+    def recalibrate(self, fit_part: Beats, held_out: Beats, context: Beats | None = None,
+                    af_mask: AfMask | None = None) -> "RecurrentAEDetector":
+        """Calibration and threshold for the current score settings (fit does this; an ablation that
+        changes a setting of a trained detector calls it again): morphology terms on the held-out normals
+        (the autoencoder has seen the others), rhythm terms on every normal beat (no learning involved:
+        more patients); then the held-out normals' scores and the threshold."""
         population, rows = record_population(held_out, context)
-        raw = self._raw_terms(population)[0]
+        raw = self.raw_terms(population)[0]
         normals = Beats.concat([fit_part, held_out])
         rr_ref = self._inputs(normals, context)["rr_ref"]
         premature, pause = rhythm_terms(normals.rr, rr_ref)
@@ -194,6 +197,7 @@ class RecurrentAEDetector:
         scores = self._score(raw, population.record, rows, in_af)[0]
         self.normal_scores_ = np.sort(scores)
         self.threshold_ = float(np.percentile(scores, self.threshold_percentile))
+        return self
 
     # -- scoring --------------------------------------------------------------------------------
 
@@ -225,9 +229,9 @@ class RecurrentAEDetector:
                 np.concatenate(recon) if recon else np.zeros((0, window), np.float32),
                 np.concatenate(codes) if codes else np.zeros((0, latent), np.float32))
 
-    def _raw_terms(self, population: Beats) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
-        """Every term of every beat of whole records, before calibration; and the reconstructions and
-        latent codes. With adaptation, each record is scored by its own fine-tuned copy of the model."""
+    def raw_terms(self, population: Beats) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+        """Every term (TERMS) of every beat of whole records, before calibration; and the reconstructions
+        and latent codes. With adaptation, each record is scored by its own fine-tuned copy of the model."""
         inputs = self._inputs(population, population)
         distance = template_distances(population)
         model = self._placed_model()
@@ -263,7 +267,7 @@ class RecurrentAEDetector:
         if in_af is not None and np.shape(in_af) != (len(beats),):
             raise ValueError(f"in_af has shape {np.shape(in_af)}; it needs one value per beat ({len(beats)})")
         population, rows = record_population(beats, context)
-        raw, recon, codes = self._raw_terms(population)
+        raw, recon, codes = self.raw_terms(population)
         score, z = self._score(raw, population.record, rows, in_af)
         recon = recon[rows]
         if self.model.input_norm == "beat":

@@ -117,6 +117,11 @@ COMPARISON_BUDGETS = {
     "inter-patient": (dict(), PLAIN_TO_CONVERGENCE),
     "intra-patient": (dict(epochs=10, max_train_beats=20000), PLAIN_TO_CONVERGENCE),
 }
+TRAINING_DESCRIPTION = {
+    "inter-patient": "MIT-BIH DS1 (de Chazal 2004) normal beats, reference R-peaks (ecg-rnn evaluate --protocol "
+                     "inter-patient); settings selected by cross-validation on DS1 (docs/evaluation/selection.md)",
+    "intra-patient": "MIT-BIH normal beats of one intra-patient training fold (BeatGAN protocol)",
+}
 PLAIN_SCORE = dict(rhythm_weight=0.0, pause_weight=0.0, distance_weight=0.0, calibrate_per_record=False,
                    adaptation=AdaptConfig())  # the tutorials' score: reconstruction error alone
 
@@ -135,13 +140,12 @@ def _train_settings(protocol: str, quick: bool, seed: int, overrides: dict | Non
 def recalibrated(detector: RecurrentAEDetector, beats: Beats, af_mask: AfMask | None, **params) -> RecurrentAEDetector:
     """The same trained autoencoder with other score settings (params), calibrated again on the records
     it was calibrated on (training_data_): an ablation that needs no retraining."""
-    twin = copy.copy(detector).set_params(**params)
     train_records, heldout = detector.training_data_["train_records"], detector.training_data_["heldout_records"]
     context = beats.subset(np.isin(beats.record, train_records + heldout))
     normal = context.aami == "N"
-    twin._calibrate(context.subset(normal & np.isin(context.record, train_records)),
-                    context.subset(normal & np.isin(context.record, heldout)), context, af_mask)
-    return twin
+    return copy.copy(detector).set_params(**params).recalibrate(
+        context.subset(normal & np.isin(context.record, train_records)),
+        context.subset(normal & np.isin(context.record, heldout)), context, af_mask)
 
 
 def _methods(detector, protocol: str, beats: Beats, tc: TrainConfig, tc_plain: TrainConfig, compare: bool,
@@ -156,7 +160,7 @@ def _methods(detector, protocol: str, beats: Beats, tc: TrainConfig, tc_plain: T
         def make(split):
             det = RecurrentAEDetector(model=config, training=training, **{**settings, **over})
             return det.fit(split.train, context=beats, af_mask=af_mask, progress=False, log=lambda m: None,
-                           description=f"{protocol} training normals")
+                           description=TRAINING_DESCRIPTION[protocol])
         return make
 
     methods = []
@@ -168,9 +172,9 @@ def _methods(detector, protocol: str, beats: Beats, tc: TrainConfig, tc_plain: T
                         lambda split: recalibrated(detector, beats, af_mask, calibrate_per_record=False)))
     else:
         methods.append(("ecg-rnn (this config, per fold)", learned(mc)))
-    methods.append(("template + RR (no learning)",
+    methods.append(("template + RR90 (no learning)",
                     lambda split: TemplateRRBaseline().fit(split.train, beats, af_mask)))
-    methods.append(("template + RR (no learning), training-set calibration",
+    methods.append(("template + RR90 (no learning), training-set calibration",
                     lambda split: TemplateRRBaseline(calibrate_per_record=False).fit(split.train, beats, af_mask)))
     methods.append(("PCA (10 comp., record-normalised beats)",
                     lambda split: FeatureBaseline("pca", seed).fit(split.train)))

@@ -53,7 +53,7 @@ from ecg_rnn.variants import OTHER_LEAD, variant_beat_set
 MIN_SPECIFICITY = 0.95  # the operating point keeps at least this share of normal beats unflagged
 DEFAULT_PERCENTILE = 95.0  # the promise checked on the other lead: about 5 % of normal beats flagged
 PROMISE_BAND = (0.6, 1.6)  # ...within 3 % and 8 % (the band for recordings unlike MIT-BIH)
-NO_LEARNING = "template + RR (no learning)"
+NO_LEARNING = "template + RR90 (no learning)"
 OTHER_SUFFIX = "~other"  # record names of other-lead beats in a training set (their own templates)
 
 
@@ -232,10 +232,10 @@ def fold_terms(det: RecurrentAEDetector, data: SelectionData, train_records: tup
     normals = context.subset(context.aami == "N")
     premature, pause = rhythm_terms(normals.rr, model_inputs(normals, det.model.window, context=context)["rr_ref"])
     other = data.other_lead.subset(np.isin(data.other_lead.record, test_records))
-    terms = FoldTerms(held=det._raw_terms(held_beats)[0], held_record=held_beats.record, held_rows=held_rows,
+    terms = FoldTerms(held=det.raw_terms(held_beats)[0], held_record=held_beats.record, held_rows=held_rows,
                       rhythm_normals={"premature": premature, "pause": pause},
-                      test=det._raw_terms(test_beats)[0], test_record=test_beats.record, test_aami=test_beats.aami,
-                      test_other=det._raw_terms(other)[0])
+                      test=det.raw_terms(test_beats)[0], test_record=test_beats.record, test_aami=test_beats.aami,
+                      test_other=det.raw_terms(other)[0])
     for kind, mask in masks.items():
         if mask is not None:
             terms.af[f"{kind}.held"], terms.af[f"{kind}.test"] = mask(held_beats)[held_rows], mask(test_beats)
@@ -647,7 +647,7 @@ def adaptation_speed(data: SelectionData, config: SelectionConfig) -> list[dict]
                 times = []
                 for _ in range(SPEED_REPEATS):
                     t0 = time.perf_counter()
-                    det._raw_terms(beats)
+                    det.raw_terms(beats)
                     times.append(time.perf_counter() - t0)
                 rows.append({"candidate": candidate.name, "adaptation": adaptation.to_dict(), "beats": len(beats),
                              "seconds": float(np.median(times)), "threads": SPEED_THREADS})

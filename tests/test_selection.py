@@ -56,7 +56,7 @@ def test_fold_terms_rebuild_the_detectors_scores(data, tmp_path):
     context = data.beats.subset(np.isin(data.beats.record, train_records))
     held = np.isin(context.record, det.training_data_["heldout_records"])
     normal = context.aami == "N"
-    det._calibrate(context.subset(normal & ~held), context.subset(normal & held), context, masks["detected"])
+    det.recalibrate(context.subset(normal & ~held), context.subset(normal & held), context, masks["detected"])
     test = data.beats.subset(data.beats.record == "208")
     expected = det.score_samples(test, in_af=masks["detected"](test))
     scores, threshold = score_fold(terms, det.weights, True, det.threshold_percentile, "detected")
