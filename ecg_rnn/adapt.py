@@ -21,6 +21,12 @@ from ecg_rnn.model import RecurrentAutoencoder
 from ecg_rnn.train import private_torch_state
 
 
+# The fine-tuning runs on one CPU thread: float sums in the backward pass depend on the thread count, so
+# a recording then adapts to the same weights in any process (a pool worker, a Dask worker, the CLI);
+# a few small steps gain nothing from more threads.
+ADAPT_THREADS = 1
+
+
 @dataclass(frozen=True)
 class AdaptConfig:
     steps: int = 0  # gradient steps per recording (0: no adaptation)
@@ -57,7 +63,7 @@ def adapt(model: RecurrentAutoencoder, inputs: dict[str, np.ndarray], distance: 
     wave, template, rr = (torch.as_tensor(inputs[k], dtype=torch.float32, device=device)
                           for k in ("wave", "template", "rr"))
     # seeded dropout and draws, the caller's random state kept; gradients on even under torch.no_grad()
-    with private_torch_state(config.seed, None), torch.enable_grad():
+    with private_torch_state(config.seed, ADAPT_THREADS), torch.enable_grad():
         draws = torch.Generator().manual_seed(config.seed)
         step = AdamSteps(list(tuned.parameters()), config.lr)
         tuned.train()
