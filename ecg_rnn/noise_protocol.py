@@ -14,7 +14,7 @@ thresholds) is done on DS1 records only; the report runs on DS2 records.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
@@ -39,12 +39,9 @@ class Counts:
     covered: int = 0  # ...with a detection not marked noise
     detections_ok: int = 0  # detections not marked noise
     true_ok: int = 0  # ...that match a reference beat
-    labels: list = None
-    scores: list = None
-    flags: list = None
-
-    def __post_init__(self):
-        self.labels, self.scores, self.flags = [], [], []
+    labels: list = field(default_factory=list)  # reference AAMI class of each covered beat
+    scores: list = field(default_factory=list)
+    flags: list = field(default_factory=list)
 
 
 def _nearest_within(a: np.ndarray, b: np.ndarray, tolerance: int) -> np.ndarray:
