@@ -116,9 +116,9 @@ def review_store(path: str) -> rv.ReviewStore:
     return rv.ReviewStore(path)
 
 
-@st.cache_resource(show_spinner=False)
-def episode_reviews() -> dash.EpisodeReviews:
-    return dash.EpisodeReviews()
+def episode_reviews() -> rv.ReviewStore:
+    """Episode decisions live in the review store, beside the beat reviews."""
+    return review_store(str(rv.default_db_path()))
 
 
 def stop_with(message: str, hint: str = "") -> None:
@@ -213,7 +213,7 @@ def confirm_bulk(store: rv.ReviewStore, digest: str, name: str) -> None:
     if action is None:
         return
     if episode is not None:
-        episode_reviews().save(digest, episode, "confirmed", st.session_state.get("reviewer", ""))
+        episode_reviews().save_episode(digest, episode, "confirmed", st.session_state.get("reviewer", ""))
     st.session_state["undo"] = action
     flash("success", f"Saved {action.size} beats of {action.what} as {action.label}.")
 
@@ -226,14 +226,14 @@ def undo_last(store: rv.ReviewStore) -> None:
     if done is None:
         return
     if action.episode is not None:
-        episode_reviews().remove(action.digest, action.episode)
+        episode_reviews().remove_episode(action.digest, action.episode)
     st.session_state.pop("undo", None)
     flash("success", f"Undone: {done} beats of {action.what} are back as they were.")
 
 
 def review_episode(digest: str, episode: Episode, decision: str) -> None:
     try:
-        episode_reviews().save(digest, episode, decision, st.session_state.get("reviewer", ""))
+        episode_reviews().save_episode(digest, episode, decision, st.session_state.get("reviewer", ""))
     except EcgRnnError as exc:
         flash("error", f"Not saved: {dash.md_escape(str(exc))}")
         return
@@ -434,9 +434,11 @@ pct = st.sidebar.slider("Flag beats above this percentile of normal scores", 50.
                         help="Percentile among the scores of held-out normal beats of other patients: "
                              f"{a.default_percentile:g} is the model's own threshold. Re-flags instantly; "
                              "kept per recording.")
-ep_store = episode_reviews()
-ep_decisions = ep_store.get(a.digest)
-episodes = dash.effective_episodes(a, ep_decisions)
+try:
+    ep_decisions = episode_reviews().episode_reviews(a.digest)
+except EcgRnnError as exc:
+    stop_with(str(exc))
+episodes = rv.reviewed_episodes(a.episodes, ep_decisions)
 noise = dash.noise_beats(a, episodes)
 show_noise = False
 if noise.any():
@@ -735,7 +737,7 @@ if episode_tab.open:
             ep_key = f"episodes:{a.digest}"
             st.dataframe(table, key=ep_key, on_select="rerun", selection_mode="single-row", hide_index=True)
             rows = st.session_state.get(ep_key, {}).get("selection", {}).get("rows", [])
-            shown = sorted({dash.episode_key(e): e for e in [*a.episodes, *episodes]}.values(), key=lambda e: e.start_s)
+            shown = sorted({rv.episode_key(e): e for e in [*a.episodes, *episodes]}.values(), key=lambda e: e.start_s)
             if rows and rows[0] < len(shown):
                 e = shown[rows[0]]
                 centre = int(np.argmin(np.abs(a.time_s - min(e.start_s + dash.STRIP_SECONDS / 2, e.end_s))))
@@ -820,7 +822,7 @@ if export_tab.open:
         fmt_choice = c1.radio("Format", [".pdf", ".html"], horizontal=True, key="report_format",
                               label_visibility="collapsed")
         report_state = (a.digest, mkey, round(float(pct), 2), show_noise, fmt_choice, len(reviews),
-                        max((r.updated_at for r in reviews.values()), default=""), tuple(map(dash.episode_key, episodes)))
+                        max((r.updated_at for r in reviews.values()), default=""), tuple(map(rv.episode_key, episodes)))
         if c2.button("Prepare the report", key="make_report"):
             with st.spinner("Writing the report …"):
                 try:

@@ -305,18 +305,21 @@ def _add_report(sub) -> None:
     p.add_argument("--out", type=Path, required=True, help="report file: .pdf or .html")
     p.add_argument("--model", type=Path, help="detector file (default: the shipped default model)")
     p.add_argument("--reviews", type=Path,
-                   help="review database whose decisions override the suggested classes (default: "
+                   help="review database whose decisions override the suggested classes and the AF / noise "
+                        "episodes found (default: "
                         "$ECG_RNN_REVIEWS_DB, else data/reviews.sqlite when it exists)")
     _add_record_options(p)
     p.set_defaults(run=_run_report)
 
 
 def _run_report(args) -> int:
+    import dataclasses
+
     from ecg_rnn import paths
     from ecg_rnn.detector import RecurrentAEDetector
     from ecg_rnn.outputs import write_recording_report
     from ecg_rnn.records import open_record
-    from ecg_rnn.reviews import ReviewStore, default_db_path
+    from ecg_rnn.reviews import ReviewStore, default_db_path, reviewed_episodes
     from ecg_rnn.scoring import score_source
 
     if args.out.suffix.lower() not in (".pdf", ".html"):
@@ -326,9 +329,14 @@ def _run_report(args) -> int:
     source = open_record(args.record, lead=args.lead, fs=args.fs)
     scored = score_source(detector, source)
     database = args.reviews or default_db_path()
-    reviews = ReviewStore(database).get(source.load().digest) if Path(database).is_file() else {}
+    reviews, decisions = {}, {}
+    if Path(database).is_file():
+        store, digest = ReviewStore(database), source.load().digest
+        reviews, decisions = store.get(digest), store.episode_reviews(digest)
+    scored = dataclasses.replace(scored, episodes=reviewed_episodes(scored.episodes, decisions))
     path = write_recording_report(args.out, scored, source, detector, Path(model).name, reviews)
-    print(f"{source.name}: {len(scored.beats)} beats, {len(reviews)} reviewed -> {path}")
+    print(f"{source.name}: {len(scored.beats)} beats, {len(reviews)} reviewed, {len(decisions)} episodes "
+          f"reviewed -> {path}")
     return 0
 
 

@@ -11,7 +11,7 @@
 - `review_queue`, `flagged_table`: the flagged beats in the reviewer's chosen order (the table and
   next / previous use the same order); `beats_table` is the CSV export.
 - `BulkAction`, `bulk_save`, `undo_bulk`: a decision on many beats at once, and its undo.
-- `EpisodeReviews`, `effective_episodes`: AF and noise episodes confirmed, rejected or marked by a reviewer.
+- `episodes_table`: AF and noise episodes with their review state (the store keeps the decisions).
 - `beat_track`, `events_csv_bytes`, `report_bytes`: the Holter events and report of what is shown.
 - `*_figure`: the Plotly figures (every ECG lead on the strip, offsets removed, episodes shaded).
 """
@@ -25,7 +25,6 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +34,7 @@ from ecg_rnn.beats import AAMI_CLASSES, ABNORMAL_CLASSES
 from ecg_rnn.bulk import SUMMARY_NAME, read_summary
 from ecg_rnn.errors import CheckpointError, DataNotFoundError
 from ecg_rnn.records import RecordSource
-from ecg_rnn.reviews import Review, ReviewStore
+from ecg_rnn.reviews import Review, ReviewStore, episode_key
 from ecg_rnn.rhythm import Episode, in_episodes
 from ecg_rnn.scoring import score_source
 from ecg_rnn.suggest import QRS_WINDOW_S, BeatLayout, SuggestConfig, qrs_width
@@ -662,69 +661,6 @@ def beats_in(a: Analysis, start_s: float, end_s: float) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------
 # Episode reviews: an AF or noise episode confirmed or rejected as a whole, a stretch marked as noise
-
-
-EPISODE_DECISIONS = ("confirmed", "rejected")
-
-
-@dataclass(frozen=True)
-class EpisodeReview:
-    kind: str  # "AF" or "noise"
-    start_s: float
-    end_s: float
-    decision: str  # "confirmed" or "rejected"
-    reviewer: str
-    at: str
-
-    @property
-    def episode(self) -> Episode:
-        return Episode(self.kind, self.start_s, self.end_s)
-
-
-class EpisodeReviews:
-    """Episode decisions per recording (by content digest), shared by the server's sessions.
-
-    Held in memory for the server process: ecg_rnn.reviews has no table for episodes yet. Its API
-    (save / get) is what ReviewStore.save_episode / ReviewStore.episodes will offer; a noise stretch's beats
-    are also saved as "noise" beat reviews in the review store, which persist."""
-
-    def __init__(self):
-        self._items: dict[str, dict[tuple[str, float, float], EpisodeReview]] = {}
-        self._lock = threading.Lock()
-
-    def save(self, digest: str, episode: Episode, decision: str, reviewer: str) -> EpisodeReview:
-        if decision not in EPISODE_DECISIONS:
-            raise ValueError(f"an episode is {' or '.join(EPISODE_DECISIONS)}, not {decision!r}")
-        if not reviewer.strip():
-            from ecg_rnn.reviews import ReviewError
-
-            raise ReviewError("enter your name as reviewer before saving (sidebar)")
-        review = EpisodeReview(episode.kind, float(episode.start_s), float(episode.end_s), decision,
-                               reviewer.strip(), datetime.now(timezone.utc).isoformat(timespec="seconds"))
-        with self._lock:
-            self._items.setdefault(digest, {})[(review.kind, review.start_s, review.end_s)] = review
-        return review
-
-    def get(self, digest: str) -> dict[tuple[str, float, float], EpisodeReview]:
-        with self._lock:
-            return dict(self._items.get(digest, {}))
-
-    def remove(self, digest: str, episode: Episode) -> None:
-        with self._lock:
-            self._items.get(digest, {}).pop(episode_key(episode), None)
-
-
-def episode_key(e: Episode) -> tuple[str, float, float]:
-    return e.kind, float(e.start_s), float(e.end_s)
-
-
-def effective_episodes(a: Analysis, decisions: dict) -> list[Episode]:
-    """The episodes that hold after review: those found, less the rejected ones, plus stretches a
-    reviewer marked (confirmed episodes that were not found), by start time."""
-    found = {episode_key(e): e for e in a.episodes}
-    kept = [e for k, e in found.items() if getattr(decisions.get(k), "decision", "") != "rejected"]
-    marked = [r.episode for k, r in decisions.items() if k not in found and r.decision == "confirmed"]
-    return sorted(kept + marked, key=lambda e: (e.start_s, e.kind))
 
 
 def episodes_table(a: Analysis, episodes: list[Episode], decisions: dict):

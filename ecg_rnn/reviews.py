@@ -3,6 +3,8 @@
 Durability: WAL journal, `synchronous=FULL`, one transaction per save (`BEGIN IMMEDIATE`), so a
 process killed mid-save leaves either the whole save or none of it. Reviews are keyed by the record's
 content digest (`Record.digest`) and the beat's R-peak sample, so renaming a file keeps its reviews.
+AF and noise episodes are reviewed as a whole (confirmed, rejected, or marked where none was found) in
+`episode_reviews`, keyed by the digest and the episode's kind and bounds.
 
 Concurrency: every review carries a version. A save states the version it edited (0: none yet); when
 someone else saved in between, the save is refused with `ReviewConflict`, naming them, instead of
@@ -20,12 +22,16 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
+
 from ecg_rnn.errors import EcgRnnError
 from ecg_rnn.paths import data_dir
 from ecg_rnn.records import wfdb_record_name, write_annotation_file
+from ecg_rnn.rhythm import Episode
 
 DB_ENV = "ECG_RNN_REVIEWS_DB"
 DECISIONS = ("abnormal", "normal", "noise")
+EPISODE_DECISIONS = ("confirmed", "rejected")
 REVIEW_CLASSES = ("V", "S", "F", "Q", "other")  # the AAMI abnormal classes, V first (the commonest review)
 MAX_NOTE = 2000
 MAX_REVIEWER = 80
@@ -67,6 +73,16 @@ CREATE TABLE IF NOT EXISTS review_history (
 );
 CREATE INDEX IF NOT EXISTS review_history_beat ON review_history (record_digest, sample);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS episode_reviews (
+    record_digest TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    start_s REAL NOT NULL,
+    end_s REAL NOT NULL,
+    decision TEXT NOT NULL CHECK (decision IN ('confirmed', 'rejected')),
+    reviewer TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (record_digest, kind, start_s, end_s)
+);
 """
 
 
@@ -102,6 +118,34 @@ class Review:
     @property
     def wfdb_symbol(self) -> str:
         return WFDB_SYMBOL[(self.decision, self.beat_class if self.decision == "abnormal" else "")]
+
+
+@dataclass(frozen=True)
+class EpisodeReview:
+    kind: str  # "AF" or "noise"
+    start_s: float
+    end_s: float
+    decision: str  # "confirmed" or "rejected"
+    reviewer: str
+    at: str
+
+    @property
+    def episode(self) -> Episode:
+        return Episode(self.kind, self.start_s, self.end_s)
+
+
+def episode_key(e: Episode) -> tuple[str, float, float]:
+    return e.kind, float(e.start_s), float(e.end_s)
+
+
+def reviewed_episodes(found: Iterable[Episode], decisions: dict[tuple[str, float, float], EpisodeReview]
+                      ) -> list[Episode]:
+    """The episodes that hold after review: those found, less the rejected ones, plus stretches a
+    reviewer marked (confirmed episodes that were not found), by start time."""
+    by_key = {episode_key(e): e for e in found}
+    kept = [e for k, e in by_key.items() if getattr(decisions.get(k), "decision", "") != "rejected"]
+    marked = [r.episode for k, r in decisions.items() if k not in by_key and r.decision == "confirmed"]
+    return sorted(kept + marked, key=lambda e: (e.start_s, e.kind))
 
 
 @dataclass(frozen=True)
@@ -254,6 +298,13 @@ class ReviewStore:
             return int(con.execute("SELECT COUNT(*) FROM reviews WHERE record_digest = ?",
                                    (record_digest,)).fetchone()[0])
 
+    def episode_reviews(self, record_digest: str) -> dict[tuple[str, float, float], EpisodeReview]:
+        """Every episode decision of one record, by (kind, start_s, end_s)."""
+        with self._connect() as con:
+            rows = con.execute("SELECT kind, start_s, end_s, decision, reviewer, updated_at FROM episode_reviews "
+                               "WHERE record_digest = ? ORDER BY start_s", (record_digest,)).fetchall()
+        return {(r[0], float(r[1]), float(r[2])): EpisodeReview(r[0], float(r[1]), float(r[2]), *r[3:]) for r in rows}
+
     def integrity_ok(self) -> bool:
         with self._connect() as con:
             return con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
@@ -266,6 +317,31 @@ class ReviewStore:
         saved = self.save_many(record_digest, {int(sample): int(expected_version)}, decision, beat_class,
                                note, reviewer, record_name=record_name, source="beat")
         return saved[int(sample)]
+
+    def save_episode(self, record_digest: str, episode: Episode, decision: str, reviewer: str) -> EpisodeReview:
+        """Confirm or reject a whole episode (the last decision stands); a confirmed episode that the
+        pipeline did not find is a stretch the reviewer marked."""
+        if decision not in EPISODE_DECISIONS:
+            raise ReviewError(f"an episode is {' or '.join(EPISODE_DECISIONS)}, not {decision!r}")
+        reviewer = _clean_text(reviewer, MAX_REVIEWER, "reviewer name")
+        if not reviewer:
+            raise ReviewError("enter your name as reviewer before saving (sidebar)")
+        if not (np.isfinite(episode.start_s) and np.isfinite(episode.end_s) and episode.end_s > episode.start_s):
+            raise ReviewError(f"an episode must end after it starts ({episode.start_s} to {episode.end_s} s)")
+        review = EpisodeReview(episode.kind, float(episode.start_s), float(episode.end_s), decision, reviewer, _now())
+        with self._transaction() as con:
+            con.execute("INSERT INTO episode_reviews (record_digest, kind, start_s, end_s, decision, reviewer, "
+                        "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (record_digest, kind, start_s, end_s) "
+                        "DO UPDATE SET decision = excluded.decision, reviewer = excluded.reviewer, "
+                        "updated_at = excluded.updated_at",
+                        (record_digest, *episode_key(episode), decision, reviewer, review.at))
+        return review
+
+    def remove_episode(self, record_digest: str, episode: Episode) -> None:
+        """Forget an episode decision (the undo of a marked noise stretch)."""
+        with self._transaction() as con:
+            con.execute("DELETE FROM episode_reviews WHERE record_digest = ? AND kind = ? AND start_s = ? "
+                        "AND end_s = ?", (record_digest, *episode_key(episode)))
 
     def save_many(self, record_digest: str, expected: dict[int, int], decision: str, beat_class: str = "",
                   note: str = "", reviewer: str = "", record_name: str = "", source: str = "group"

@@ -480,9 +480,12 @@ def test_stage_outputs_shown_when_present(db, monkeypatch):
         at.run()
         _ok(at)
         assert _metric(at, "AF burden") == "0.0 %"
+        saved = ReviewStore(db).episode_reviews(a.digest)  # in the database: it survives a server restart
+        assert [(r.kind, r.decision, r.reviewer) for r in saved.values()] == [("AF", "rejected", "Dr Stage")]
         at.button(key="ep_confirm").click()
         at.run()
         assert _metric(at, "AF burden") == f"{100 * 120 / a.duration_s:.1f} %"
+        assert [r.decision for r in ReviewStore(db).episode_reviews(a.digest).values()] == ["confirmed"]
     finally:
         st.cache_resource.clear()
 
@@ -646,8 +649,8 @@ def test_strip_draws_every_lead_centred_and_stacked():
     assert list(fig.layout.yaxis.ticktext) == ["II", "I", "V1"]
 
 
-def test_noise_episodes_and_events():
-    from ecg_rnn.reviews import Review
+def test_noise_episodes_and_events(tmp_path):
+    from ecg_rnn.reviews import Review, ReviewStore, reviewed_episodes
     from ecg_rnn.rhythm import Episode
 
     a = _synthetic()
@@ -658,13 +661,14 @@ def test_noise_episodes_and_events():
     assert not (flags & noise).any()
     s = dash.summary(a, flags)
     assert s["af_burden"] == pytest.approx(10.0 / a.duration_s) and s["noise_share"] == pytest.approx(4.0 / a.duration_s)
-    store = dash.EpisodeReviews()
-    store.save(a.digest, a.episodes[0], "rejected", "Dr E")
-    store.save(a.digest, Episode("noise", 30.0, 32.0), "confirmed", "Dr E")
-    kept = dash.effective_episodes(a, store.get(a.digest))
+    store = ReviewStore(tmp_path / "reviews.sqlite")
+    store.save_episode(a.digest, a.episodes[0], "rejected", "Dr E")
+    store.save_episode(a.digest, Episode("noise", 30.0, 32.0), "confirmed", "Dr E")
+    store = ReviewStore(tmp_path / "reviews.sqlite")  # decisions persist: a new store (a reload) sees them
+    kept = reviewed_episodes(a.episodes, store.episode_reviews(a.digest))
     assert [(e.kind, e.start_s) for e in kept] == [("noise", 20.0), ("noise", 30.0)]
     assert dash.summary(a, flags, kept)["af_burden"] == 0.0
-    table = dash.episodes_table(a, kept, store.get(a.digest))
+    table = dash.episodes_table(a, kept, store.episode_reviews(a.digest))
     assert list(table["kind"]) == ["AF", "noise", "noise"] and table["review"].iloc[0].startswith("rejected")
     # events: a reviewed V beat counts as V, unreviewed flagged beats as their suggested class
     v = int(np.flatnonzero(a.ref_aami == "V")[0])

@@ -3,7 +3,7 @@
 (a) the library: `read_record` + `score_record` with the shipped default model;
 (b) the CLI `python -m ecg_rnn score CASE --out DIR` in its own process: exit 0 with a CSV, or exit 2
     with exactly one stderr line and no traceback; nothing created or changed outside the out folder;
-(c) the dashboard: the upload functions the app uses (`records.read_upload` + `dashboard.analyse`), and
+(c) the dashboard: the upload functions the app uses (`records.open_upload` + `dashboard.analyse`), and
     for a few cases the app itself (AppTest), which shows one specific error.
 
 Each case ends in its specific error or a correct result (a case holding the same signal as another gives
@@ -31,7 +31,7 @@ from ecg_rnn import dashboard as dash
 from ecg_rnn.bulk import ERRORS_NAME, SUMMARY_NAME
 from ecg_rnn.errors import EcgRnnError
 from ecg_rnn.outputs import EVENTS_SUFFIX
-from ecg_rnn.records import read_record, read_upload
+from ecg_rnn.records import open_upload, read_record
 
 ROOT = Path(__file__).resolve().parents[1]
 TIME_LIMIT_S = 60.0  # a CLI process still running after this is killed (a hang, not a speed claim)
@@ -273,8 +273,8 @@ def test_dashboard_upload_path_for_every_case(corpus, default_detector, tmp_path
             continue
         problems = []
         try:
-            record, _info = read_upload(case.uploaded(root), fs=case.fs)
-            a = dash.analyse(record, default_detector)
+            source, _info = open_upload(case.uploaded(root), fs=case.fs)
+            a = dash.analyse(source, source.load().digest, default_detector)
         except EcgRnnError as exc:
             problems += _error_problems(case, str(exc), case.expected_upload)
         except Exception as exc:  # noqa: BLE001
@@ -288,8 +288,8 @@ def test_dashboard_upload_path_for_every_case(corpus, default_detector, tmp_path
             elif case.same_as:
                 ref = results.get(case.same_as)
                 problems += _compare(case, a.sample, a.score, None if ref is None else (ref.sample, ref.score))
-            if not record.source.startswith("upload:"):
-                problems.append(f"the record keeps a temporary path: {record.source}")
+            if not source.origin.startswith("upload:"):
+                problems.append(f"the record keeps a temporary path: {source.origin}")
         left = list(private_tmp.iterdir())
         if left:
             problems.append(f"upload folder left behind: {left}")

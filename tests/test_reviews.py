@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from ecg_rnn.reviews import (ReviewConflict, ReviewError, ReviewStore, default_db_path, validate,
-                             write_wfdb_annotations)
+from ecg_rnn.reviews import (ReviewConflict, ReviewError, ReviewStore, default_db_path, reviewed_episodes,
+                             validate, write_wfdb_annotations)
+from ecg_rnn.rhythm import Episode
 
 DIGEST = "d" * 20
 
@@ -80,6 +81,34 @@ def test_db_path_from_env(monkeypatch, tmp_path):
     assert default_db_path() == tmp_path / "x.sqlite"
     monkeypatch.delenv("ECG_RNN_REVIEWS_DB")
     assert default_db_path().name == "reviews.sqlite" and default_db_path().parent.name == "data"
+
+
+def test_episode_decisions_persist_the_last_one_standing(tmp_path):
+    found = [Episode("AF", 10.0, 70.0), Episode("AF", 100.0, 160.0)]
+    store = ReviewStore(tmp_path / "r.sqlite")
+    store.save_episode(DIGEST, found[0], "confirmed", "Dr A")
+    store.save_episode(DIGEST, found[0], "rejected", "Dr B")  # a second decision replaces the first
+    store.save_episode(DIGEST, Episode("noise", 200.0, 205.5), "confirmed", "Dr B")
+    store.save_episode("other", found[1], "rejected", "Dr B")
+    decisions = ReviewStore(tmp_path / "r.sqlite").episode_reviews(DIGEST)
+    assert [(r.kind, r.start_s, r.decision, r.reviewer) for r in decisions.values()] == [
+        ("AF", 10.0, "rejected", "Dr B"), ("noise", 200.0, "confirmed", "Dr B")]
+    assert reviewed_episodes(found, decisions) == [found[1], Episode("noise", 200.0, 205.5)]
+    store.remove_episode(DIGEST, Episode("noise", 200.0, 205.5))
+    assert reviewed_episodes(found, store.episode_reviews(DIGEST)) == [found[1]]
+
+
+@pytest.mark.parametrize("episode, decision, reviewer, message", [
+    (Episode("AF", 0.0, 30.0), "maybe", "Dr A", "confirmed or rejected"),
+    (Episode("AF", 0.0, 30.0), "confirmed", "  ", "enter your name"),
+    (Episode("AF", 30.0, 30.0), "confirmed", "Dr A", "must end after it starts"),
+    (Episode("AF", float("nan"), 30.0), "confirmed", "Dr A", "must end after it starts"),
+])
+def test_episode_decision_validation(tmp_path, episode, decision, reviewer, message):
+    store = ReviewStore(tmp_path / "r.sqlite")
+    with pytest.raises(ReviewError, match=message):
+        store.save_episode(DIGEST, episode, decision, reviewer)
+    assert store.episode_reviews(DIGEST) == {}
 
 
 def test_garbage_db_file_gives_clear_error(tmp_path):
