@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -210,24 +210,31 @@ class RecurrentAEDetector:
             raise RuntimeError("this detector is not fitted; call fit() or load()")
 
     @torch.no_grad()
-    def _forward(self, model: RecurrentAutoencoder,
-                 inputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """One pass of the autoencoder over every beat: (squared error per beat, reconstruction, latent code)."""
+    def _forward(self, model: RecurrentAutoencoder, inputs: dict[str, np.ndarray],
+                 out: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One pass of the autoencoder over every beat: (squared error per beat, reconstruction, latent code),
+        written into `out` when given (float32 arrays of those shapes), else into new arrays.
+
+        It runs on the detector's configured torch threads (`training.threads`, 1 by default): a small
+        recurrent net gains nothing from more, OpenMP threads that spin while another process holds a core
+        make the pass several times slower, and one thread gives the same scores in every process."""
         model.eval()
         device = next(model.parameters()).device
         wave, template, rr = (torch.as_tensor(inputs[k], dtype=torch.float32, device=device)
                               for k in ("wave", "template", "rr"))
-        mse, recon, codes = [], [], []
-        for i in range(0, len(wave), INFERENCE_BATCH):
-            part = slice(i, i + INFERENCE_BATCH)
-            r, z = model(wave[part], template[part], rr[part])
-            mse.append(((r - wave[part]) ** 2).mean(dim=1).cpu().numpy())
-            recon.append(r.cpu().numpy())
-            codes.append(z.cpu().numpy())
-        window, latent = self.model.window, self.model.latent_size
-        return (np.concatenate(mse) if mse else np.zeros(0, np.float32),
-                np.concatenate(recon) if recon else np.zeros((0, window), np.float32),
-                np.concatenate(codes) if codes else np.zeros((0, latent), np.float32))
+        n = len(wave)
+        mse, recon, codes = out if out is not None else (
+            np.empty(n, np.float32), np.empty((n, self.model.window), np.float32),
+            np.empty((n, self.model.latent_size), np.float32))
+        with private_torch_state(self.training.seed, self.training.threads):
+            for i in range(0, n, INFERENCE_BATCH):
+                part = slice(i, i + INFERENCE_BATCH)
+                r, z = model(wave[part], template[part], rr[part])
+                mse[part] = ((r - wave[part]) ** 2).mean(dim=1).cpu().numpy()
+                recon[part] = r.cpu().numpy()
+                codes[part] = z.cpu().numpy()
+        return mse, recon, codes
 
     def raw_terms(self, population: Beats) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
         """Every term (TERMS) of every beat of whole records, before calibration; and the reconstructions
@@ -241,11 +248,13 @@ class RecurrentAEDetector:
             mse = np.zeros(len(population), np.float32)
             recon = np.zeros((len(population), self.model.window), np.float32)
             codes = np.zeros((len(population), self.model.latent_size), np.float32)
-            for name in np.unique(population.record):
-                rows = np.flatnonzero(population.record == name)
+            for rows in _record_rows(population.record):
                 part = {k: v[rows] for k, v in inputs.items()}
                 tuned = adapt(model, part, distance[rows], self.adaptation)
-                mse[rows], recon[rows], codes[rows] = self._forward(tuned, part)
+                if isinstance(rows, slice):  # views: the pass writes into the arrays themselves
+                    self._forward(tuned, part, out=(mse[rows], recon[rows], codes[rows]))
+                else:
+                    mse[rows], recon[rows], codes[rows] = self._forward(tuned, part)
         premature, pause = rhythm_terms(population.rr, inputs["rr_ref"])
         raw = {"recon": np.log(mse.astype(np.float64) + MSE_EPS), "distance": distance,
                "premature": premature, "pause": pause}
@@ -273,8 +282,8 @@ class RecurrentAEDetector:
         if self.model.input_norm == "beat":
             _, mean, std = beat_zscore(np.asarray(beats.waves, dtype=np.float32))
             recon = recon * std + mean
-        return Analysis(score=score, components=z, reconstruction=recon.astype(np.float32),
-                        latent=codes[rows].astype(np.float32))
+        return Analysis(score=score, components=z, reconstruction=recon.astype(np.float32, copy=False),
+                        latent=codes[rows].astype(np.float32, copy=False))
 
     def score_components(self, beats: Beats, context: Beats | None = None,
                          in_af: np.ndarray | None = None) -> dict[str, np.ndarray]:
@@ -395,6 +404,15 @@ class RecurrentAEDetector:
         meta = self._metadata()
         return {k: (json.loads(v) if k not in ("format", "format_version", "package_version") else v)
                 for k, v in meta.items() if k != "history"}
+
+
+def _record_rows(record: np.ndarray) -> Iterator[slice | np.ndarray]:
+    """The rows of each record: a slice where they are contiguous (the usual case: then the model
+    inputs of a long recording are views, not copies), else their indices."""
+    for name in np.unique(record):
+        rows = np.flatnonzero(record == name)
+        contiguous = rows[-1] - rows[0] + 1 == len(rows)
+        yield slice(int(rows[0]), int(rows[-1]) + 1) if contiguous else rows
 
 
 def _normal_beats(beats: Beats) -> Beats:

@@ -29,7 +29,6 @@ import pandas as pd
 
 from ecg_rnn.detector import RecurrentAEDetector
 from ecg_rnn.events import BeatTrack, detect_events
-from ecg_rnn.holter_report import write_report
 from ecg_rnn.records import RecordSource, open_record, wfdb_record_name, write_annotation_file
 from ecg_rnn.reviews import Review
 from ecg_rnn.scoring import AF_RHYTHM, NOISE_QUALITY, ScoredBeats, score_source
@@ -91,6 +90,8 @@ def report_beats(scored: ScoredBeats, reviews: dict[int, Review] | None = None) 
 def write_recording_report(path, scored: ScoredBeats, source: RecordSource, detector, model_name: str,
                            reviews: dict[int, Review] | None = None):
     """The Holter report of a scored recording, its strips read from the recording itself."""
+    from ecg_rnn.holter_report import write_report  # here: `ecg-rnn score` need not load matplotlib and reportlab
+
     fs = source.fs
 
     def strip(start_s: float, end_s: float) -> tuple[np.ndarray, np.ndarray]:

@@ -10,6 +10,7 @@ WFDB annotations, report) is ecg_rnn.outputs; many recordings are ecg_rnn.bulk.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -73,8 +74,13 @@ def score_beats(detector: RecurrentAEDetector, beats: Beats, has_reference: bool
     af = [e for name in np.unique(beats.record)
           for e in af_episodes(beats.time_s[beats.record == name], rhythm_config, noise_segments)]
     in_af = in_episodes(beats.time_s, af)
-    analysis = detector.analyse(beats, in_af=in_af)
-    suggested = suggest_classes(beats, in_af, signal_config=detector.signal, beat_config=detector.beats)
+    # the suggestion does not depend on the model: it runs on a second thread while the model scores
+    # (torch's recurrent layers and numpy release the GIL while they compute), so two cores share the work
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        suggestion = pool.submit(suggest_classes, beats, in_af, signal_config=detector.signal,
+                                 beat_config=detector.beats)
+        analysis = detector.analyse(beats, in_af=in_af)
+        suggested = suggestion.result()
     return ScoredBeats(beats=beats, analysis=analysis, percentile=detector.percentile(analysis.score),
                        flagged=(analysis.score > detector.threshold_) & ~in_noise, has_reference=has_reference,
                        quality=np.where(in_noise, NOISE_QUALITY, OK_QUALITY),

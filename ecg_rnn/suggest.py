@@ -45,6 +45,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 from sklearn.cluster import Birch
+from threadpoolctl import threadpool_limits
 
 from ecg_rnn.beats import AAMI_CLASSES, BeatConfig, Beats
 from ecg_rnn.errors import SignalError
@@ -56,6 +57,7 @@ SLOPE_WINDOW_S = (-0.15, 0.20)  # where the QRS width is measured (covers a 200 
 ENERGY_SPAN = (0.1, 0.9)  # QRS width = time between 10 % and 90 % of the slope energy in that window
 DIVISOR_FLOOR = 1e-6  # floor of an amplitude, area or interval before dividing by it
 MIN_REFERENCE_BEATS = 10  # fewer normal-to-normal intervals than this: take every interval instead
+NEAREST_BLOCK = 512  # beats compared with every cluster centre at once (bounded memory, cache-sized blocks)
 
 
 @dataclass(frozen=True)
@@ -180,9 +182,9 @@ def morphology_evidence(beats: Beats, config: SuggestConfig = SuggestConfig(),
 
 
 def _record_evidence(waves: np.ndarray, rr: np.ndarray, config: SuggestConfig, layout: BeatLayout) -> dict:
-    waves = _rescaled(waves.astype(np.float64))
-    qrs = waves[:, layout.window(QRS_WINDOW_S)]
-    labels = Birch(threshold=config.cluster_radius, n_clusters=None).fit_predict(qrs)
+    waves = _rescaled(waves)
+    qrs = np.ascontiguousarray(waves[:, layout.window(QRS_WINDOW_S)])
+    labels = _subcluster_labels(qrs, config.cluster_radius)
     _, cluster, size = np.unique(labels, return_inverse=True, return_counts=True)
     index = np.arange(len(size))
     centroids = _cluster_means(waves, cluster, len(size))
@@ -210,8 +212,10 @@ def _record_evidence(waves: np.ndarray, rr: np.ndarray, config: SuggestConfig, l
 def _rescaled(waves: np.ndarray) -> np.ndarray:
     """Offset removed and scaled by the record's median beat, whatever normalisation the beats had, so the
     clustering radius and the deviations mean the same at any gain."""
-    centred = waves - np.median(waves, axis=1, keepdims=True)
-    return centred / max(float(np.ptp(np.median(centred, axis=0))), DIVISOR_FLOOR)
+    centred = waves.astype(np.float64)  # one float64 copy, worked on in place: bounded memory on long recordings
+    centred -= np.median(centred, axis=1, keepdims=True)
+    centred /= max(float(np.ptp(np.median(centred, axis=0))), DIVISOR_FLOOR)
+    return centred
 
 
 def _cluster_means(waves: np.ndarray, cluster: np.ndarray, k: int) -> np.ndarray:
@@ -220,10 +224,27 @@ def _cluster_means(waves: np.ndarray, cluster: np.ndarray, k: int) -> np.ndarray
     return sums / np.bincount(cluster, minlength=k)[:, None]
 
 
+def _subcluster_labels(qrs: np.ndarray, radius: float) -> np.ndarray:
+    """Birch's labels (the nearest subcluster centre of every beat), found by _nearest: Birch's own
+    prediction holds blocks of scikit-learn's working memory (1 GiB on the thousands of subclusters of a
+    24-hour recording) and is slower."""
+    birch = Birch(threshold=radius, n_clusters=None, compute_labels=False).fit(qrs)
+    return _nearest(qrs, birch.subcluster_centers_)
+
+
 def _nearest(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
-    """Index of the nearest centre (Euclidean) of every row."""
-    squared = (x ** 2).sum(axis=1)[:, None] - 2 * x @ centres.T + (centres ** 2).sum(axis=1)[None, :]
-    return np.argmin(squared, axis=1)
+    """Index of the nearest centre (Euclidean) of every row: the argmin over centres of |c|^2 - 2 x.c
+    (|x|^2 is the same for every centre), one matrix product of [x, 1] with [-2c, |c|^2] per
+    NEAREST_BLOCK rows, on one BLAS thread: this thin product gains nothing from more, and threads that
+    spin while another process holds a core slow it several-fold."""
+    weights = np.vstack([-2.0 * centres.T, (centres ** 2).sum(axis=1)[None, :]])
+    nearest = np.empty(len(x), dtype=np.int64)
+    with threadpool_limits(1, user_api="blas"):
+        for start in range(0, len(x), NEAREST_BLOCK):
+            block = x[start:start + NEAREST_BLOCK]
+            with_ones = np.hstack([block, np.ones((len(block), 1))])
+            nearest[start:start + NEAREST_BLOCK] = np.argmin(with_ones @ weights, axis=1)
+    return nearest
 
 
 def qrs_width(waves: np.ndarray, layout: BeatLayout) -> np.ndarray:
