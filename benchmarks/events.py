@@ -252,7 +252,11 @@ def markdown(rows: dict[str, tuple[dict, dict]], pipeline: dict[str, dict], conf
              f"{config.hr_average_intervals}-interval average over clean beats.", "",
              *reference_table(rows), ""]
     if pipeline:
-        lines += ["## Pipeline against reference", "", *pipeline_table(rows, pipeline), ""]
+        lines += ["## Pipeline against reference", "",
+                  "The pipeline's counts come from `ecg-rnn score` run on the records with its defaults (R-peaks "
+                  "detected, the shipped default model; the reference annotations are not used), e.g. "
+                  "`ecg-rnn score ../shared/data/mitdb --out DIR`, then this command with `--scored DIR`.", "",
+                  *pipeline_table(rows, pipeline), ""]
     return "\n".join(lines)
 
 

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from ecg_rnn.detector import RecurrentAEDetector
 from ecg_rnn.errors import CheckpointError, EcgRnnError
-from ecg_rnn.records import CSV_SUFFIXES, EDF_SUFFIXES
+from ecg_rnn.records import CSV_SUFFIXES, EDF_SUFFIXES, looks_like_signal_table
 from ecg_rnn.outputs import (META_SUFFIX, STAGING_SUFFIX, ScoredFile, output_name, read_meta, score_file,
                              staging_dir)
 
@@ -105,12 +105,14 @@ class BulkResult:
 
 
 def expand_inputs(inputs: list[str | os.PathLike]) -> list[Path]:
-    """Record paths as given, with every folder replaced by the WFDB records, EDF/BDF and CSV files in it."""
+    """Record paths as given, with every folder replaced by the WFDB records, EDF/BDF and CSV files in it
+    (text files only where they hold a signal table: not a downloaded database's checksum list)."""
     found: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
             found += sorted(p.with_suffix("") for p in item.glob("*.hea"))
-            found += sorted(p for suffix in (*EDF_SUFFIXES, *CSV_SUFFIXES) for p in item.glob(f"*{suffix}"))
+            found += sorted(p for suffix in EDF_SUFFIXES for p in item.glob(f"*{suffix}"))
+            found += sorted(p for suffix in CSV_SUFFIXES for p in item.glob(f"*{suffix}") if looks_like_signal_table(p))
         else:
             found.append(item)
     return list(dict.fromkeys(found))

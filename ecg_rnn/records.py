@@ -649,6 +649,27 @@ def read_csv(path: str | os.PathLike, fs: float | None = None, lead: str | int |
     return open_csv(path, fs, lead).load()
 
 
+def looks_like_signal_table(path: str | os.PathLike) -> bool:
+    """Whether a text file's second line is all numbers: a signal table, with or without a header line.
+    A folder scan takes only these as CSV recordings, so that the checksum list and notes that come with a
+    downloaded database (PhysioNet's SHA256SUMS.txt) are not read as ECG."""
+    try:
+        with Path(path).open("rb") as fh:
+            lines = [fh.readline(1 << 16) for _ in range(2)]
+        fields = lines[1].decode("utf-8").replace(";", ",").replace("\t", ",").split(",")
+        return len(lines[1].strip()) > 0 and all(f.strip().lower() in ("", "nan") or _is_number(f) for f in fields)
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def open_csv(path: str | os.PathLike, fs: float | None = None, lead: str | int | None = None) -> RecordSource:
     """Read a CSV into memory: one signal column plus `fs`, or a time column (seconds) plus signal columns."""
     import pandas as pd

@@ -141,6 +141,19 @@ def test_triage_score_ranks_ectopy_af_and_flags_and_discounts_noise():
     assert bulk.triage_score(_scored("flags", 1.0, flagged_clean_share=0.2)) == pytest.approx(0.2)
 
 
+def test_folder_scan_skips_a_downloaded_database_checksum_list(tmp_path, sample_dir):
+    """PhysioNet's download holds SHA256SUMS.txt and RECORDS beside the records: neither is a recording,
+    while a text file holding a signal table (with or without a header line) is."""
+    folder = _folder(tmp_path, sample_dir, seconds=30)
+    (folder / "SHA256SUMS.txt").write_text("8d8a5349fb16638ebbf649f1779d12e9  100.atr\n"
+                                           "b2ea3c250e56e48f4b7b90697832b8aa  100.dat\n")
+    (folder / "RECORDS").write_text("x100\nx208\n")
+    (folder / "notes.txt").write_text("Recorded at the clinic\non 2 May\n")
+    (folder / "table.txt").write_text("time,MLII\n0.0,0.1\n0.0028,0.2\n")
+    (folder / "bare.txt").write_text("0.1\t0.2\n0.3\tnan\n")
+    assert [p.name for p in expand_inputs([folder])] == ["broken", "x100", "x208", "x232", "bare.txt", "table.txt"]
+
+
 def test_plan_refuses_a_name_clash_instead_of_overwriting(tmp_path, sample_dir):
     folder = _folder(tmp_path, sample_dir, seconds=30)
     other = tmp_path / "other"
