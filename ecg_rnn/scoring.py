@@ -10,6 +10,7 @@ WFDB annotations, report) is ecg_rnn.outputs; many recordings are ecg_rnn.bulk.
 
 from __future__ import annotations
 
+import dataclasses
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -24,6 +25,9 @@ from ecg_rnn.suggest import suggest_classes
 NOISE_QUALITY = "noise"  # `quality` of a beat in noise
 OK_QUALITY = "ok"
 AF_RHYTHM = "AF"  # `rhythm` of a beat in atrial fibrillation
+# per-record statistics of a longer recording are taken per stretch of at most this long (see in_stretches);
+# an hour leaves every MIT-BIH record (30 min) whole, so the evaluated figures hold unchanged
+LONGEST_STRETCH_S = 3600.0
 
 
 @dataclass
@@ -63,23 +67,46 @@ class ScoredBeats:
         return frame
 
 
+def in_stretches(beats: Beats, longest_s: float = LONGEST_STRETCH_S) -> Beats:
+    """The beats with each recording longer than longest_s cut into equal stretches of at most that long,
+    each named as a record of its own (`name@k`), for what is taken per record: the template, RR90, the
+    calibration of the terms, the adaptation and the morphology families. Over a day heart rate and QRS
+    change (sleep, activity, posture): against the whole day's RR90 every awake hour looks premature.
+    Recordings up to longest_s are left whole."""
+    names = beats.record.astype(object).copy()
+    for name in np.unique(beats.record):
+        rows = np.flatnonzero(beats.record == name)
+        span = float(beats.time_s[rows].max() - beats.time_s[rows].min())
+        parts = int(np.ceil(span / longest_s)) if span > longest_s else 1
+        if parts > 1:
+            start = beats.time_s[rows].min()
+            k = np.minimum(((beats.time_s[rows] - start) / (span / parts)).astype(int), parts - 1)
+            names[rows] = [f"{name}@{i}" for i in k]
+    if (names == beats.record).all():
+        return beats
+    return dataclasses.replace(beats, record=names.astype(str))
+
+
 def score_beats(detector: RecurrentAEDetector, beats: Beats, has_reference: bool,
                 noise_segments: list[tuple[float, float]] = (),
-                rhythm_config: RhythmConfig = RhythmConfig()) -> ScoredBeats:
+                rhythm_config: RhythmConfig = RhythmConfig(),
+                longest_stretch_s: float = LONGEST_STRETCH_S) -> ScoredBeats:
     """Everything scoring says about the beats of whole records: AF episodes from the rhythm stage
     (outside noise), scores (inside AF by morphology: a short RR there is the rhythm, not ectopy),
-    percentiles among held-out normals, flags (never inside noise) and suggested classes."""
+    percentiles among held-out normals, flags (never inside noise) and suggested classes. Recordings longer
+    than longest_stretch_s take their per-record statistics per stretch (in_stretches)."""
     noise = [Episode(NOISE_QUALITY, a, b) for a, b in noise_segments]
     in_noise = in_episodes(beats.time_s, noise)
     af = [e for name in np.unique(beats.record)
           for e in af_episodes(beats.time_s[beats.record == name], rhythm_config, noise_segments)]
     in_af = in_episodes(beats.time_s, af)
+    stretches = in_stretches(beats, longest_stretch_s)
     # the suggestion does not depend on the model: it runs on a second thread while the model scores
     # (torch's recurrent layers and numpy release the GIL while they compute), so two cores share the work
     with ThreadPoolExecutor(max_workers=1) as pool:
-        suggestion = pool.submit(suggest_classes, beats, in_af, signal_config=detector.signal,
+        suggestion = pool.submit(suggest_classes, stretches, in_af, signal_config=detector.signal,
                                  beat_config=detector.beats)
-        analysis = detector.analyse(beats, in_af=in_af)
+        analysis = detector.analyse(stretches, in_af=in_af)
         suggested = suggestion.result()
     return ScoredBeats(beats=beats, analysis=analysis, percentile=detector.percentile(analysis.score),
                        flagged=(analysis.score > detector.threshold_) & ~in_noise, has_reference=has_reference,
