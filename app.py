@@ -41,12 +41,14 @@ COMPACT_CSS = """<style>
 # While the app reruns, the previous beat's form stays on the page (marked data-stale) until the new one
 # replaces it: a pressed Save gives up the focus, and only a current (not stale) button is focused or
 # pressed, so Enter never lands on the form of the beat just saved. The frame stays the same from run to
-# run: it watches the page for the new button instead of waiting to be reloaded at the end of each run.
+# run: it watches the page for the new button instead of waiting to be reloaded at the end of each run,
+# at most once a frame and by the buttons' text content (innerText would lay the page out again on each of
+# the many changes a chart makes while it draws).
 KEYBOARD_JS = """<script>
 (() => {
   const document = window.parent.document;  // this runs in a component's frame, on the app's origin
   const current = (label) => [...document.querySelectorAll('button')]
-    .find(x => x.innerText.trim() === label && !x.closest('[data-stale=true]'));
+    .find(x => x.textContent.trim() === label && !x.closest('[data-stale=true]'));
   const press = (label) => {
     const b = current(label);
     if (b && !b.disabled) { b.click(); return true; }
@@ -60,12 +62,18 @@ KEYBOARD_JS = """<script>
   };
   const onClick = (ev) => {
     const b = ev.target.closest && ev.target.closest('button');
-    if (b && b.innerText.trim() === 'Save review') setTimeout(() => b.blur(), 0);
+    if (b && b.textContent.trim() === 'Save review') setTimeout(() => b.blur(), 0);
   };
   let focused = null;  // the Save button focused last: each new one is focused once
   const focusNewSave = () => {
     const b = current('Save review');
     if (b && b !== focused) { focused = b; b.focus({preventScroll: true}); }
+  };
+  let queued = false;  // one look per frame, however many changes the frame brought
+  const watch = () => {
+    if (queued) return;
+    queued = true;
+    window.parent.requestAnimationFrame(() => { queued = false; focusNewSave(); });
   };
   // a reloaded frame (a new page view) replaces the listeners and the watcher of the previous one
   const parent = window.parent;
@@ -76,7 +84,7 @@ KEYBOARD_JS = """<script>
   }
   parent.ecgRnnKeys = onKey;
   parent.ecgRnnSaveClick = onClick;
-  parent.ecgRnnWatcher = new MutationObserver(focusNewSave);
+  parent.ecgRnnWatcher = new MutationObserver(watch);
   document.addEventListener('keydown', onKey);
   document.addEventListener('click', onClick);
   parent.ecgRnnWatcher.observe(document.body, {childList: true, subtree: true, attributes: true,
@@ -109,6 +117,19 @@ def group_cache() -> dash.AnalysisCache:
 @st.cache_resource(show_spinner=False, max_entries=6)
 def detector(path: str, key: str):
     return dash.load_detector(Path(path))
+
+
+@st.cache_resource(show_spinner=False)
+def long_lived_objects_frozen() -> bool:
+    """Streamlit collects garbage after every script run (runner.postScriptGC): a full collection walks
+    every object of the server, about 0.3 s once torch, pandas and plotly are loaded, and a save costs two
+    runs (its own, then the fragments it reruns). The objects alive after the first page is drawn (modules,
+    models) live as long as the server: collected once, then frozen, later collections skip them."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    return True
 
 
 @st.cache_resource(show_spinner=False)
@@ -163,7 +184,16 @@ def guarded(save):
     return None
 
 
-def save_beat(store: rv.ReviewStore, digest: str, name: str, sample: int, prefix: str, next_beat) -> None:
+def save_beat(store: rv.ReviewStore, digest: str, name: str, sample: int, prefix: str, next_beat,
+              refresh: tuple[str, ...] = ()) -> None:
+    """Save the form of one beat. `refresh` names the fragments that show what a save changes (the Beats
+    view, the review counts): only they rerun, not the whole app, which keeps save-and-next fast."""
+    record_review(store, digest, name, sample, prefix, next_beat)
+    if refresh:
+        st.rerun(list(refresh))
+
+
+def record_review(store: rv.ReviewStore, digest: str, name: str, sample: int, prefix: str, next_beat) -> None:
     key = f"{prefix}:{digest}:{sample}"
     state = st.session_state
     values = (state.get(f"dec:{key}", "abnormal"), state.get(f"cls:{key}", "V"), state.get(f"note:{key}", ""),
@@ -409,9 +439,13 @@ if len(source.sig_name) > 1:
 # Analysis (the model runs once per record content and model; everything below is cached)
 
 cache = analysis_cache()
+# the progress bar's place is there in every run, so the elements below (the Beats view fragment among them)
+# keep their positions, and with them their ids, whether this run scored the recording or not: a click
+# queued during a full run reaches the fragment the run draws
+scoring = st.empty()
 a = cache.get((digest, mkey))
 if a is None:
-    bar = st.progress(0.0, text=f"Scoring {source.name} with {model_label} …")
+    bar = scoring.progress(0.0, text=f"Scoring {source.name} with {model_label} …")
     try:
         a = cache.get_or_compute((digest, mkey), lambda: dash.analyse(
             source, digest, det, model=model_label, progress=lambda f, t: bar.progress(min(f, 1.0), text=t)))
@@ -462,8 +496,6 @@ except EcgRnnError as exc:
 
 # the queue: the order the table shows and next / previous / next unreviewed follow
 orders = [o for o in dash.QUEUE_ORDERS if o != "suggested class" or a.suggested is not None]
-queue_order = st.session_state.get("queue_order", "score")
-queue_order = queue_order if queue_order in orders else "score"
 group_key = (a.digest, mkey, round(float(pct), 2), show_noise)
 
 
@@ -471,11 +503,31 @@ def flagged_groups() -> list[dash.Group]:
     return group_cache().get_or_compute(group_key, lambda: dash.cluster_flagged(a, flags))
 
 
-queue = dash.review_queue(a, flags, queue_order, flagged_groups() if queue_order == "group" else None)
+def typical_normal() -> np.ndarray:
+    """The record's typical normal beat at this threshold (drawn beside every beat: computed once)."""
+    return group_cache().get_or_compute((*group_key, "typical normal"), lambda: dash.typical_normal(a, flags))
+
+
+def current_queue() -> tuple[str, np.ndarray]:
+    """(queue order, queue): the order the reviewer chose (the Beats view's radio sets it) and its beats."""
+    order = st.session_state.get("queue_order", "score")
+    order = order if order in orders else "score"
+    return order, dash.review_queue(a, flags, order, flagged_groups() if order == "group" else None)
+
+
+def stored_reviews() -> dict:
+    """This record's reviews as stored now. The fragments below (the Beats view, the review counts) rerun
+    alone after a save: they read the store again instead of the reviews the last full run read."""
+    try:
+        return store.get(a.digest)
+    except EcgRnnError as exc:
+        stop_with(str(exc))
+
 
 # the selected beat (index into the record's beats), reset when the record or model changes
 if st.session_state.get("beat_of") != a.key:
     st.session_state["beat_of"] = a.key
+    _, queue = current_queue()
     first = dash.next_unreviewed(a, queue, reviews)
     st.session_state["beat"] = int(first if first is not None else (queue[0] if len(queue) else 0))
 st.session_state["beat"] = int(np.clip(st.session_state.get("beat", 0), 0, len(a) - 1))
@@ -483,9 +535,23 @@ st.session_state["beat"] = int(np.clip(st.session_state.get("beat", 0), 0, len(a
 # ---------------------------------------------------------------------------------------------
 # Summary
 
+BEATS_VIEW, REVIEW_COUNTS = "beats_view", "review_counts"  # fragment keys: a save reruns these two alone
+
+
+@st.fragment(key=REVIEW_COUNTS)
+def review_counts(where: str) -> None:
+    """How many flagged beats are reviewed: the sidebar's bar or the summary's metric (both call sites
+    rerun together after a save)."""
+    done, total = dash.review_progress(a, flags, stored_reviews())
+    if where == "sidebar":
+        st.progress(done / total if total else 1.0, text=f"{done} of {total} flagged beats reviewed")
+    else:
+        st.metric("Reviewed", f"{done}/{total}", help="flagged beats reviewed")
+
+
 s = dash.summary(a, flags, episodes)
-done, total = dash.review_progress(a, flags, reviews)
-st.sidebar.progress(done / total if total else 1.0, text=f"{done} of {total} flagged beats reviewed")
+with st.sidebar:
+    review_counts("sidebar")
 st.sidebar.caption(f"Reviews are saved in `{db_path}` (set `{rv.DB_ENV}` to change); your name is kept in the "
                    "page address, so a reload or a bookmark remembers it. Keys: **Enter** saves "
                    "the shown decision and moves on, **n** / **p** next / previous flagged, **u** next unreviewed.")
@@ -494,12 +560,16 @@ metrics = [("Duration", dash.format_time(a.duration_s).split(".")[0], None),
            ("Sampling rate", f"{a.fs:g} Hz", None), ("Leads", len(a.sig_name), s["leads"]),
            ("Beats", f"{s['beats']:,}", None), ("Heart rate", dash.fmt(s["heart_rate_bpm"], ".0f", 1, " bpm"), None),
            ("Flagged", f"{s['flagged']:,}", f"{100 * s['flagged_share']:.1f} % of beats"),
-           ("Reviewed", f"{done}/{total}", "flagged beats reviewed")]
+           ("Reviewed", None, None)]  # drawn by review_counts
 if a.episodes or a.rhythm is not None or a.quality is not None or episodes:
     metrics += [("AF burden", f"{100 * s['af_burden']:.1f} %", "share of the recording in AF episodes"),
                 ("Noise", f"{100 * s['noise_share']:.1f} %", "share of the recording in noise episodes")]
 for col, (label, value, help_text) in zip(st.columns(len(metrics)), metrics):
-    col.metric(label, value, help=help_text)
+    if label == "Reviewed":
+        with col:
+            review_counts("metric")
+    else:
+        col.metric(label, value, help=help_text)
 agreement = (f" · against the reference: ROC-AUC {dash.fmt(s['roc_auc'])}, sensitivity "
              f"{dash.fmt(s['sensitivity'], '.1f', 100, '%')} of {s['reference_abnormal']} abnormal beats, specificity "
              f"{dash.fmt(s['specificity'], '.1f', 100, '%')}" if a.has_reference else "")
@@ -510,9 +580,10 @@ tabs = st.tabs(list(VIEWS), key="view", on_change="rerun")
 beat_tab, group_tab, episode_tab, overview_tab, export_tab = tabs
 
 
-def review_form(i: int, prefix: str, where, next_beat=None) -> None:
+def review_form(i: int, prefix: str, where, reviews: dict, next_beat=None, refresh: tuple[str, ...] = ()) -> None:
     """The review form of one beat, starting from the suggested class (or the current review); the
-    version it shows is the one a save will claim to replace."""
+    version it shows is the one a save will claim to replace. A save reruns the `refresh` fragments (the
+    whole app when none)."""
     sample = int(a.sample[i])
     current = reviews.get(sample)
     st.session_state.setdefault("seen", {})[(a.digest, sample)] = current.version if current else 0
@@ -542,7 +613,8 @@ def review_form(i: int, prefix: str, where, next_beat=None) -> None:
             c2.text_input("Note (optional)", key=f"note:{key}", value=current.note if current else "",
                           max_chars=rv.MAX_NOTE)
             st.form_submit_button("Save review", type="primary",
-                                  on_click=save_beat, args=(store, a.digest, a.name, sample, prefix, next_beat))
+                                  on_click=save_beat,
+                                  args=(store, a.digest, a.name, sample, prefix, next_beat, refresh))
 
 
 def beat_header(i: int) -> str:
@@ -558,78 +630,95 @@ def beat_header(i: int) -> str:
 # ---------------------------------------------------------------------------------------------
 # Beats: the review queue | strip of every lead, beat view and review, on one screen
 
+@st.fragment(key=BEATS_VIEW)
+def beats_view() -> None:
+    """The review queue | the beat's strip, figures and form. A fragment: a step to another beat or a save
+    reruns this view (and the review counts) alone, not the sidebar, summary and caches of the whole app."""
+    reviews = stored_reviews()
+    queue_order, queue = current_queue()
+    st.session_state["beat"] = i = int(np.clip(st.session_state.get("beat", 0), 0, len(a) - 1))
+    # the queue table's columns (widths below, every queue order) fit its column at 1400 px without
+    # scrolling sideways; the rest is the beat's strip, figure and form
+    left, right = st.columns([11, 13], gap="small")
+    # drawn first: the beat's header and form, so its Save button (and the keyboard focus) is there while
+    # the table and the figures are drawn, and Enter can confirm a beat without waiting for them
+    with right:
+        strip_slot, fig_col = beat_review(i, queue, reviews)
+    with left:
+        queue_table(i, queue_order, queue, reviews)
+    strip_slot.plotly_chart(dash.strip_figure(a, flags, i, reviews=reviews, episodes=episodes), key="strip",
+                            config={"displaylogo": False, "displayModeBar": False})
+    fig_col.plotly_chart(dash.beat_figure(a, i, typical_normal()), key="beatfig",
+                         config={"displaylogo": False, "displayModeBar": False})
+
+
+def beat_review(i: int, queue: np.ndarray, reviews: dict):
+    """Next / previous, the beat's header and its review form; returns the places of its strip and figure."""
+    prev_beat, next_beat = dash.neighbours(queue, i)
+    nxt = dash.next_unreviewed(a, queue, reviews, after=i)
+    nav = st.columns([1, 1, 1, 1.3])
+    nav[0].button("Prev flagged", disabled=prev_beat is None, on_click=go_to,
+                  args=(prev_beat if prev_beat is not None else i,), use_container_width=True)
+    st.session_state["beat_input"] = i  # the widget mirrors the selection (kept outside widget state)
+    nav[1].number_input("Beat #", min_value=0, max_value=len(a) - 1, step=1, key="beat_input",
+                        label_visibility="collapsed", help="Jump to any beat by its number",
+                        on_change=lambda: go_to(st.session_state["beat_input"]))
+    nav[2].button("Next flagged", disabled=next_beat is None, on_click=go_to,
+                  args=(next_beat if next_beat is not None else i,), use_container_width=True)
+    nav[3].button("Next unreviewed", disabled=nxt is None, on_click=go_to, args=(nxt if nxt is not None else i,),
+                  use_container_width=True, key="next_unreviewed")
+    st.markdown(beat_header(i))
+    strip_slot = st.container()
+    show_flash(st)
+    fig_col, form_col = st.columns([4, 3], gap="small")
+    review_form(i, "b", form_col, reviews, next_beat=nxt, refresh=(BEATS_VIEW, REVIEW_COUNTS))
+    return strip_slot, fig_col
+
+
+def queue_table(i: int, queue_order: str, queue: np.ndarray, reviews: dict) -> None:
+    """The flagged beats in queue order, one page at a time: the page of the beat shown, its row ticked."""
+    order = [int(b) for b in queue]
+    st.radio("Queue order", orders, key="queue_order", horizontal=True, label_visibility="collapsed",
+             format_func=lambda o: f"by {o}")
+    phrase = {"score": "highest score first", "time": "in time order", "group": "by morphology group",
+              "suggested class": "by suggested class (V, F, S, Q, N)"}[queue_order]
+    st.markdown(f"**{len(order)} flagged beats**, {phrase} (select a row to open it)")
+    if not order:
+        st.info("No beat is above the threshold; lower the percentile in the sidebar to flag more.")
+        return
+    pos = order.index(i) if i in order else 0
+    first = pos - pos % PAGE_ROWS
+    page = queue[first:first + PAGE_ROWS]
+    table = dash.flagged_table(a, flags, reviews, page, flagged_groups() if queue_order == "group" else None)
+    # keyed by the beat shown: the new table ticks its row (a drawn table keeps its own selection)
+    table_key = f"queue:{a.digest}:{queue_order}:{pct:.2f}:{show_noise}:{i}"
+    st.dataframe(table, height=ROW_PX * (PAGE_ROWS + 1) + 3, key=table_key,
+                 selection_default={"selection": {"rows": [pos - first] if i in order else []}},
+                 on_select=functools.partial(on_table_select, table_key, [int(b) for b in page]),
+                 selection_mode="single-row", row_height=ROW_PX,
+                 column_order=[c for c in ("time", "score", "reference", "suggested", "group", "review",
+                                           "RR (s)") if c in table.columns],
+                 column_config={
+                     "_index": st.column_config.NumberColumn("beat", width=50),
+                     "time": st.column_config.TextColumn(width=70),
+                     "score": st.column_config.NumberColumn(format="%.2f", width=46),
+                     "reference": st.column_config.TextColumn("ref", width=32),
+                     "suggested": st.column_config.TextColumn("sugg", width=38),
+                     "group": st.column_config.NumberColumn("grp", width=GROUP_PX),
+                     # the group column (group order) takes its width from the review column
+                     "review": st.column_config.TextColumn(
+                         width=REVIEW_PX - (GROUP_PX if "group" in table.columns else 0)),
+                     "RR (s)": st.column_config.NumberColumn("RR s", format="%.3f", width=48)})
+    pages = (len(order) + PAGE_ROWS - 1) // PAGE_ROWS
+    c1, c2 = st.columns([2, 1])
+    c1.caption(f"rows {first + 1}–{first + len(page)} of {len(order)} · page {first // PAGE_ROWS + 1} of {pages}")
+    st.session_state["queue_page"] = first // PAGE_ROWS + 1  # mirrors the shown beat's page
+    c2.number_input("Page", 1, pages, step=1, key="queue_page", label_visibility="collapsed",
+                    on_change=lambda: go_to(order[(st.session_state["queue_page"] - 1) * PAGE_ROWS]))
+
 if beat_tab.open:
     with beat_tab:
-        # the queue table's columns (widths below, every queue order) fit its column at 1400 px without
-        # scrolling sideways; the rest is the beat's strip, figure and form
-        left, right = st.columns([11, 13], gap="small")
-        i = int(st.session_state["beat"])
-        order = [int(b) for b in queue]
-        groups_shown = flagged_groups() if queue_order == "group" else None
-        with left:
-            st.radio("Queue order", orders, key="queue_order", horizontal=True, label_visibility="collapsed",
-                     format_func=lambda o: f"by {o}")
-            phrase = {"score": "highest score first", "time": "in time order", "group": "by morphology group",
-                      "suggested class": "by suggested class (V, F, S, Q, N)"}[queue_order]
-            st.markdown(f"**{len(order)} flagged beats**, {phrase} (select a row to open it)")
-            if order:
-                pos = order.index(i) if i in order else 0
-                first = pos - pos % PAGE_ROWS
-                page = queue[first:first + PAGE_ROWS]
-                table = dash.flagged_table(a, flags, reviews, page, groups_shown)
-                # keyed by the beat shown: the new table ticks its row (a drawn table keeps its own selection)
-                table_key = f"queue:{a.digest}:{queue_order}:{pct:.2f}:{show_noise}:{i}"
-                st.dataframe(table, height=ROW_PX * (PAGE_ROWS + 1) + 3, key=table_key,
-                             selection_default={"selection": {"rows": [pos - first] if i in order else []}},
-                             on_select=functools.partial(on_table_select, table_key, [int(b) for b in page]),
-                             selection_mode="single-row", row_height=ROW_PX,
-                             column_order=[c for c in ("time", "score", "reference", "suggested", "group", "review",
-                                                       "RR (s)") if c in table.columns],
-                             column_config={
-                                 "_index": st.column_config.NumberColumn("beat", width=50),
-                                 "time": st.column_config.TextColumn(width=70),
-                                 "score": st.column_config.NumberColumn(format="%.2f", width=46),
-                                 "reference": st.column_config.TextColumn("ref", width=32),
-                                 "suggested": st.column_config.TextColumn("sugg", width=38),
-                                 "group": st.column_config.NumberColumn("grp", width=GROUP_PX),
-                                 # the group column (group order) takes its width from the review column
-                                 "review": st.column_config.TextColumn(
-                                     width=REVIEW_PX - (GROUP_PX if "group" in table.columns else 0)),
-                                 "RR (s)": st.column_config.NumberColumn("RR s", format="%.3f", width=48)})
-                pages = (len(order) + PAGE_ROWS - 1) // PAGE_ROWS
-                c1, c2 = st.columns([2, 1])
-                c1.caption(f"rows {first + 1}–{first + len(page)} of {len(order)} · page {first // PAGE_ROWS + 1} of "
-                           f"{pages}")
-                st.session_state["queue_page"] = first // PAGE_ROWS + 1  # mirrors the shown beat's page
-                c2.number_input("Page", 1, pages, step=1, key="queue_page", label_visibility="collapsed",
-                                on_change=lambda: go_to(order[(st.session_state["queue_page"] - 1) * PAGE_ROWS]))
-            else:
-                st.info("No beat is above the threshold; lower the percentile in the sidebar to flag more.")
-        with right:
-            prev_beat, next_beat = dash.neighbours(queue, i)
-            nxt = dash.next_unreviewed(a, queue, reviews, after=i)
-            nav = st.columns([1, 1, 1, 1.3])
-            nav[0].button("Prev flagged", disabled=prev_beat is None, on_click=go_to,
-                          args=(prev_beat if prev_beat is not None else i,), use_container_width=True)
-            st.session_state["beat_input"] = i  # the widget mirrors the selection (kept outside widget state)
-            nav[1].number_input("Beat #", min_value=0, max_value=len(a) - 1, step=1, key="beat_input",
-                                label_visibility="collapsed", help="Jump to any beat by its number",
-                                on_change=lambda: go_to(st.session_state["beat_input"]))
-            nav[2].button("Next flagged", disabled=next_beat is None, on_click=go_to,
-                          args=(next_beat if next_beat is not None else i,), use_container_width=True)
-            nav[3].button("Next unreviewed", disabled=nxt is None, on_click=go_to, args=(nxt if nxt is not None else i,),
-                          use_container_width=True, key="next_unreviewed")
-            st.markdown(beat_header(i))
-            strip_slot = st.container()
-            show_flash(st)
-            fig_col, form_col = st.columns([4, 3], gap="small")
-            # the form before the figures: its Save button (and the keyboard focus) is there while they are
-            # drawn, so Enter can confirm a beat without waiting for its plots
-            review_form(i, "b", form_col, next_beat=nxt)
-            strip_slot.plotly_chart(dash.strip_figure(a, flags, i, reviews=reviews, episodes=episodes), key="strip",
-                                    config={"displaylogo": False, "displayModeBar": False})
-            fig_col.plotly_chart(dash.beat_figure(a, i, dash.typical_normal(a, flags)), key="beatfig",
-                                 config={"displaylogo": False, "displayModeBar": False})
+        beats_view()
         # the keys, and the focus on each new beat's Save button (see KEYBOARD_JS): our own constant script
         # in a same-origin frame (never user content), drawn while the Beats view is open
         st.sidebar.iframe(KEYBOARD_JS, height=1)
@@ -666,7 +755,7 @@ if group_tab.open:
         if not groups:
             st.info("No flagged beats to group at this threshold.")
         else:
-            normal = dash.typical_normal(a, flags)
+            normal = typical_normal()
             defaults = {g.gid: dash.group_default(a, g, normal) for g in groups}
 
             def group_label(gid: int) -> str:
@@ -721,7 +810,7 @@ if group_tab.open:
                                     + (f" — {reviews[int(a.sample[b])].label}" if int(a.sample[b]) in reviews else ""))
                 st.plotly_chart(dash.beat_figure(a, pick, g.median_wave), key=f"gbeat:{gkey}",
                                 config={"displaylogo": False})
-                review_form(pick, "g", st.container())
+                review_form(pick, "g", st.container(), reviews)
                 st.button("Open in the Beats view", key=f"gopen:{gkey}", on_click=go_to, args=(pick, "Beats"))
 
 # ---------------------------------------------------------------------------------------------
@@ -842,3 +931,5 @@ if export_tab.open:
                 st.dataframe(pd.DataFrame([h.__dict__ for h in hist]), hide_index=True)
             else:
                 st.caption("No edits yet.")
+
+long_lived_objects_frozen()  # at the end: the first page drawn has imported everything it needs

@@ -761,13 +761,25 @@ def stacked_leads(x: np.ndarray) -> tuple[np.ndarray, float]:
     return centred - spacing * np.arange(x.shape[1])[None, :], spacing
 
 
-def shade_episodes(fig, episodes: list[Episode], start_s: float, end_s: float) -> None:
-    """AF and noise episodes as shaded spans, with their kind written at the top."""
+def span(x0: float, x1: float, fillcolor: str, **style) -> dict:
+    """A shaded time span over the whole plot height (what Figure.add_vrect draws). Shapes are built as
+    plain dicts and set once: each add_vrect / add_shape call re-validates every shape already there,
+    which made a strip with ten flagged beats take a fifth of a second."""
+    return dict(type="rect", xref="x", yref="y domain", x0=float(x0), x1=float(x1), y0=0, y1=1,
+                fillcolor=fillcolor, line=dict(width=0), **style)
+
+
+def episode_marks(episodes: list[Episode], start_s: float, end_s: float) -> tuple[list[dict], list[dict]]:
+    """AF and noise episodes as shaded spans, with their kind written at the top: (shapes, annotations)."""
+    shapes, labels = [], []
     for e in episodes:
         if e.end_s > start_s and e.start_s < end_s:
-            fig.add_vrect(x0=max(e.start_s, start_s), x1=min(e.end_s, end_s), line_width=0, layer="below",
-                          fillcolor=EPISODE_COLOURS.get(e.kind, "rgba(0,0,0,0.1)"), annotation_text=e.kind,
-                          annotation_position="top left", annotation_font_size=10)
+            x0 = max(e.start_s, start_s)
+            colour = EPISODE_COLOURS.get(e.kind, "rgba(0,0,0,0.1)")
+            shapes.append(span(x0, min(e.end_s, end_s), colour, layer="below"))
+            labels.append(dict(text=e.kind, xref="x", yref="y domain", x=float(x0), y=1, xanchor="left",
+                               yanchor="top", showarrow=False, font=dict(size=10)))
+    return shapes, labels
 
 
 def strip_figure(a: Analysis, flags: np.ndarray, centre: int, seconds: float = STRIP_SECONDS,
@@ -786,9 +798,9 @@ def strip_figure(a: Analysis, flags: np.ndarray, centre: int, seconds: float = S
     traces, spacing = stacked_leads(x)
     names = a.lead_names
     fig = go.Figure()
-    for k, name in enumerate(names):
-        fig.add_trace(go.Scattergl(x=t, y=traces[:, k], mode="lines", line=dict(color="#1f2d3d", width=1),
-                                   name=name, hoverinfo="skip"))
+    for k, name in enumerate(names):  # SVG, not WebGL: ten seconds of ECG draw faster than a new WebGL context
+        fig.add_trace(go.Scatter(x=t, y=traces[:, k], mode="lines", line=dict(color="#1f2d3d", width=1),
+                                 name=name, hoverinfo="skip"))
     lo, hi = int(t0 * a.fs), int(t1 * a.fs)
     inside = np.flatnonzero((a.sample >= lo) & (a.sample < hi))
     top = 0.55 * spacing
@@ -807,19 +819,19 @@ def strip_figure(a: Analysis, flags: np.ndarray, centre: int, seconds: float = S
                         colorscale=SCORE_SCALE, showscale=False,
                         line=dict(width=np.where(flags[inside], 2, 0), color="#c00000"),
                         symbol=np.where(flags[inside], "triangle-down", "circle"))))
-        for i in inside[flags[inside]]:
-            fig.add_vrect(x0=a.time_s[i] - a.pre_s, x1=a.time_s[i] + a.post_s, fillcolor="#ff4040",
-                          opacity=0.10, line_width=0)
-    shade_episodes(fig, episodes, t0, t1)
+    shapes = [span(a.time_s[i] - a.pre_s, a.time_s[i] + a.post_s, "#ff4040", opacity=0.10)
+              for i in inside[flags[inside]]]
+    episode_shapes, labels = episode_marks(episodes, t0, t1)
     bottom = -spacing * (len(names) - 0.5)
-    fig.add_shape(type="line", x0=t0 + 0.05, x1=t0 + 0.05, y0=bottom, y1=bottom + 1.0,
-                  line=dict(color="#2060c0", width=3))  # the 1 mV scale bar
-    fig.add_annotation(x=t0 + 0.1, y=bottom + 0.5, text="1 mV", showarrow=False, xanchor="left",
-                       font=dict(size=10, color="#2060c0"))
-    if len(a):
-        fig.add_vline(x=float(a.time_s[centre]), line=dict(color="#2060c0", width=1, dash="dot"))
+    shapes += [*episode_shapes, dict(type="line", x0=t0 + 0.05, x1=t0 + 0.05, y0=bottom, y1=bottom + 1.0,
+                                     line=dict(color="#2060c0", width=3))]  # the 1 mV scale bar
+    labels.append(dict(x=t0 + 0.1, y=bottom + 0.5, text="1 mV", showarrow=False, xanchor="left",
+                       font=dict(size=10, color="#2060c0")))
+    if len(a):  # the beat shown
+        shapes.append(dict(type="line", xref="x", yref="y domain", x0=float(a.time_s[centre]),
+                           x1=float(a.time_s[centre]), y0=0, y1=1, line=dict(color="#2060c0", width=1, dash="dot")))
     fig.update_layout(height=70 + STRIP_LEAD_PX * len(names) + 20, margin=dict(l=10, r=10, t=24, b=10),
-                      showlegend=False, xaxis_title=None,
+                      showlegend=False, xaxis_title=None, shapes=shapes, annotations=labels,
                       title=dict(text=f"{format_time(t0)} – {format_time(t1)} · each lead centred, 1 mV bar",
                                  font=dict(size=12)))
     fig.update_yaxes(tickvals=-spacing * np.arange(len(names)), ticktext=list(names),
@@ -838,34 +850,43 @@ def overview_figure(a: Analysis, flags: np.ndarray, threshold: float, episodes: 
                     line=dict(width=0)),
         hovertemplate="beat %{customdata}<br>t=%{x:.1f} s<br>score %{y:.3f}<extra></extra>", name="beats"))
     fig.add_hline(y=threshold, line=dict(color="#c00000", width=1, dash="dash"))
-    shade_episodes(fig, a.episodes if episodes is None else episodes, 0.0, a.duration_s)
+    shapes, labels = episode_marks(a.episodes if episodes is None else episodes, 0.0, a.duration_s)
+    fig.update_layout(shapes=[*fig.layout.shapes, *shapes], annotations=[*fig.layout.annotations, *labels])
     fig.update_layout(height=220, margin=dict(l=10, r=10, t=20, b=10), showlegend=False,
                       xaxis_title="time (s)", yaxis_title="score", yaxis_type="log" if np.all(a.score > 0) else None,
                       clickmode="event+select", dragmode="select")
     return fig
 
 
+BEAT_PANELS = ((0.0, 0.576), (0.616, 1.0))  # x domains: the beat (60 %) and the typical normal beat
+
+
 def beat_figure(a: Analysis, i: int, normal: np.ndarray | None = None):
-    """One beat, its reconstruction and the per-sample error (shaded), next to the typical normal beat."""
+    """One beat, its reconstruction and the per-sample error (shaded), next to the typical normal beat.
+    The two panels share the y axis; they are laid out by hand (what make_subplots builds, at a fraction
+    of its cost: the figure is drawn for every beat reviewed)."""
     import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
 
     t = a.beat_time_axis
-    fig = make_subplots(rows=1, cols=2, shared_yaxes=True, horizontal_spacing=0.04, column_widths=[0.6, 0.4],
-                        subplot_titles=(f"beat {i} (red), reconstruction (blue)", "typical normal beat"))
-    fig.add_trace(go.Scatter(x=t, y=a.recon[i], mode="lines", line=dict(color="#2060c0", dash="dash"),
-                             name="reconstruction"), 1, 1)
-    fig.add_trace(go.Scatter(x=t, y=a.waves[i], mode="lines", line=dict(color="#c00000"), fill="tonexty",
-                             fillcolor="rgba(255,80,80,0.25)", name="beat (error shaded)"), 1, 1)
-    fig.add_trace(go.Bar(x=t, y=np.abs(a.waves[i] - a.recon[i]), name="|error|", marker_color="#ffa040",
-                         opacity=0.5, yaxis="y"), 1, 1)
+    data = [go.Scatter(x=t, y=a.recon[i], mode="lines", line=dict(color="#2060c0", dash="dash"),
+                       name="reconstruction"),
+            go.Scatter(x=t, y=a.waves[i], mode="lines", line=dict(color="#c00000"), fill="tonexty",
+                       fillcolor="rgba(255,80,80,0.25)", name="beat (error shaded)"),
+            # the error as a filled step line: one SVG path where bars would be one element per sample
+            go.Scatter(x=t, y=np.abs(a.waves[i] - a.recon[i]), mode="lines", line=dict(width=0, shape="hvh"),
+                       fill="tozeroy", fillcolor="rgba(255,160,64,0.5)", name="|error|")]
     if normal is not None:
-        fig.add_trace(go.Scatter(x=t, y=normal, mode="lines", line=dict(color="#208040"), name="typical normal"),
-                      1, 2)
-    fig.update_layout(height=BEAT_FIGURE_PX, margin=dict(l=10, r=10, t=28, b=10), showlegend=False, bargap=0)
-    for annotation in fig.layout.annotations:  # the subplot titles
-        annotation.font.size = 12
-    return fig
+        data.append(go.Scatter(x=t, y=normal, mode="lines", line=dict(color="#208040"), name="typical normal",
+                               xaxis="x2", yaxis="y2"))
+    titles = (f"beat {i} (red), reconstruction (blue)", "typical normal beat")
+    (l0, l1), (r0, r1) = BEAT_PANELS
+    return go.Figure(data=data, layout=dict(
+        height=BEAT_FIGURE_PX, margin=dict(l=10, r=10, t=28, b=10), showlegend=False,
+        xaxis=dict(domain=[l0, l1], anchor="y"), yaxis=dict(anchor="x"),
+        xaxis2=dict(domain=[r0, r1], anchor="y2"), yaxis2=dict(anchor="x2", matches="y", showticklabels=False),
+        annotations=[dict(text=text, x=(x0 + x1) / 2, y=1.0, xref="paper", yref="paper", xanchor="center",
+                          yanchor="bottom", showarrow=False, font=dict(size=12))
+                     for text, (x0, x1) in zip(titles, BEAT_PANELS)]))
 
 
 def group_figure(a: Analysis, g: Group, max_beats: int = 40):

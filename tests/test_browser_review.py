@@ -6,8 +6,8 @@ Playwright through Debian's Chromium at 1400 x 1000.
   table's review and RR columns are inside it, no metric is cut off;
 - the queue table ticks the beat shown as Next flagged moves on; a double click on Save saves once and
   moves on; the keyboard focus is on the next beat's Save button; the reviewer name survives a reload;
-- 50 flagged beats reviewed with the keyboard alone (Enter confirms the suggested decision and moves on);
-  the time it took is printed (measured, not asserted: the machine is shared).
+- 50 flagged beats reviewed with the keyboard alone (Enter confirms the suggested decision and moves on)
+  within 90 s: the target is 60 s, the margin is for a loaded, shared CI machine; the time is printed.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ SAMPLE = ROOT / "ecg_rnn" / "samples" / "mitdb"
 RECORD = "208"
 VIEWPORT = {"width": 1400, "height": 1000}
 FAST_REVIEW_BEATS = 50
+FAST_REVIEW_BOUND_S = 90.0  # the target is 60 s (a save reruns only the Beats view); a margin for a loaded machine
 TIMEOUT_MS = 120_000
 BEAT_HEADER = re.compile(r"^Beat \d+ at")
 
@@ -227,3 +228,5 @@ def test_fifty_flagged_beats_reviewed_with_the_keyboard(page, server):
           f"({elapsed / FAST_REVIEW_BEATS:.2f} s per beat)")
     assert len(mine) == FAST_REVIEW_BEATS and not {r[1] for r in mine} & before
     assert all(r[4] == 1 for r in mine)  # each saved once
+    assert elapsed <= FAST_REVIEW_BOUND_S, \
+        f"{FAST_REVIEW_BEATS} beats took {elapsed:.1f} s, more than {FAST_REVIEW_BOUND_S:g} s"
