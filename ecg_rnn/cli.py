@@ -232,7 +232,8 @@ def _run_noise_test(args) -> int:
     from ecg_rnn.noise_protocol import evaluate_noise, markdown_table
     from ecg_rnn.protocols import DS2
 
-    detector = RecurrentAEDetector.load(args.model or paths.default_model_path())
+    model = args.model or paths.default_model_path()
+    detector = RecurrentAEDetector.load(model)
     report = evaluate_noise(detector, tuple(args.records or DS2), progress=not args.quiet)
     out = args.out or paths.runs_dir() / "evaluate-noise"
     out.mkdir(parents=True, exist_ok=True)
@@ -240,7 +241,8 @@ def _run_noise_test(args) -> int:
     tables = {stretch: markdown_table(report, stretch) for stretch in ("noisy", "clean")}
     (out / "noise.md").write_text(
         "# Noise stress test (MIT-BIH + NSTDB-style synthetic noise)\n\n"
-        f"Records: {', '.join(report['records'])}. Command: `ecg-rnn evaluate --protocol noise`.\n\n"
+        f"Records: {', '.join(report['records'])}. Command: `ecg-rnn evaluate --protocol noise --records "
+        f"{' '.join(report['records'])} --out {args.out or out}`; model: `{Path(model).name}`.\n\n"
         f"## Noisy stretches\n\n{tables['noisy']}\n\n## Clean stretches of the same records\n\n{tables['clean']}\n")
     print(tables["noisy"])
     print(f"-> {out / 'noise.json'}, {out / 'noise.md'}")
