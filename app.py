@@ -826,7 +826,7 @@ if episode_tab.open:
             ep_key = f"episodes:{a.digest}"
             st.dataframe(table, key=ep_key, on_select="rerun", selection_mode="single-row", hide_index=True)
             rows = st.session_state.get(ep_key, {}).get("selection", {}).get("rows", [])
-            shown = sorted({rv.episode_key(e): e for e in [*a.episodes, *episodes]}.values(), key=lambda e: e.start_s)
+            shown = dash.listed_episodes(a, episodes)
             if rows and rows[0] < len(shown):
                 e = shown[rows[0]]
                 centre = int(np.argmin(np.abs(a.time_s - min(e.start_s + dash.STRIP_SECONDS / 2, e.end_s))))

@@ -1,6 +1,7 @@
 """How a long recording is flagged: the 24-hour file of all 48 MIT-BIH records back to back, scored as
 `ecg-rnn score` does, with per-record statistics per stretch of at most an hour (the default) and over
-the whole day, against the reference beat labels (beats matched within 150 ms; N against S, V and F).
+the whole day, against the reference beat labels (a detected beat takes the class of the reference beat
+within 150 ms; N against S, V and F).
 
     python -m benchmarks.holter            # builds cache/holter24h once
     python -m benchmarks.holter_flags [--record cache/holter24h]
@@ -11,28 +12,15 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-import wfdb
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from ecg_rnn.beats import aami_class, cut_source
+from ecg_rnn.beats import cut_source
 from ecg_rnn.detector import RecurrentAEDetector
 from ecg_rnn.paths import default_model_path
 from ecg_rnn.records import open_record
 from ecg_rnn.scoring import LONGEST_STRETCH_S, score_beats
 
-MATCH_S = 0.15
 RATED_ABNORMAL = ("S", "V", "F")  # Q (paced and unclassifiable beats, four paced records here) is left out
-
-
-def reference_classes(record: str, samples: np.ndarray, fs: float) -> np.ndarray:
-    """The AAMI class of the reference beat within MATCH_S of each detected beat, "" where none is."""
-    ann = wfdb.rdann(record, "atr")
-    classes = aami_class(np.array(ann.symbol))
-    is_beat = classes != ""
-    ref, classes = ann.sample[is_beat], classes[is_beat]
-    right = np.clip(np.searchsorted(ref, samples), 1, len(ref) - 1)
-    nearest = np.where(np.abs(samples - ref[right - 1]) <= np.abs(ref[right] - samples), right - 1, right)
-    return np.where(np.abs(ref[nearest] - samples) <= MATCH_S * fs, classes[nearest], "")
 
 
 def main() -> None:
@@ -42,7 +30,7 @@ def main() -> None:
     detector = RecurrentAEDetector.load(default_model_path())
     source = open_record(args.record)
     cut = cut_source(source, detector.signal, detector.beats, peaks="detect")
-    cls = reference_classes(args.record, cut.beats.sample, source.fs)
+    cls = cut.beats.aami  # the reference class of each detected beat (matched by cut_source), "" where none
     normal, abnormal = cls == "N", np.isin(cls, RATED_ABNORMAL)
     print(f"{args.record}: {len(cut.beats)} beats, {source.duration_s / 3600:.1f} h")
     print("| per-record statistics | normal beats flagged | abnormal recall | ROC-AUC | AP |")

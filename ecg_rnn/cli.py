@@ -242,7 +242,7 @@ def _run_noise_test(args) -> int:
     (out / "noise.md").write_text(
         "# Noise stress test (MIT-BIH + NSTDB-style synthetic noise)\n\n"
         f"Records: {', '.join(report['records'])}. Command: `ecg-rnn evaluate --protocol noise --records "
-        f"{' '.join(report['records'])} --out {args.out or out}`; model: `{Path(model).name}`.\n\n"
+        f"{' '.join(report['records'])} --out {out}`; model: `{Path(model).name}`.\n\n"
         f"## Noisy stretches\n\n{tables['noisy']}\n\n## Clean stretches of the same records\n\n{tables['clean']}\n")
     print(tables["noisy"])
     print(f"-> {out / 'noise.json'}, {out / 'noise.md'}")

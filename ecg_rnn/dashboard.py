@@ -663,12 +663,17 @@ def beats_in(a: Analysis, start_s: float, end_s: float) -> np.ndarray:
 # Episode reviews: an AF or noise episode confirmed or rejected as a whole, a stretch marked as noise
 
 
+def listed_episodes(a: Analysis, episodes: list[Episode]) -> list[Episode]:
+    """Every episode found or marked (rejected ones included), by start time: the rows of episodes_table."""
+    return sorted({episode_key(e): e for e in [*a.episodes, *episodes]}.values(), key=lambda e: e.start_s)
+
+
 def episodes_table(a: Analysis, episodes: list[Episode], decisions: dict):
     """Every episode found or marked, with its beats and review state (the Episodes view)."""
     import pandas as pd
 
     rows = []
-    for e in sorted({episode_key(e): e for e in [*a.episodes, *episodes]}.values(), key=lambda e: e.start_s):
+    for e in listed_episodes(a, episodes):
         r = decisions.get(episode_key(e))
         rows.append({"kind": e.kind, "start": format_time(e.start_s), "end": format_time(e.end_s),
                      "duration (s)": round(e.end_s - e.start_s, 1), "beats": len(beats_in(a, e.start_s, e.end_s)),

@@ -13,6 +13,7 @@ silently overwriting. Every save also appends to `review_history` with the previ
 
 from __future__ import annotations
 
+import math
 import os
 import sqlite3
 import time
@@ -21,8 +22,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-
-import numpy as np
 
 from ecg_rnn.errors import EcgRnnError
 from ecg_rnn.paths import data_dir
@@ -326,7 +325,7 @@ class ReviewStore:
         reviewer = _clean_text(reviewer, MAX_REVIEWER, "reviewer name")
         if not reviewer:
             raise ReviewError("enter your name as reviewer before saving (sidebar)")
-        if not (np.isfinite(episode.start_s) and np.isfinite(episode.end_s) and episode.end_s > episode.start_s):
+        if not (math.isfinite(episode.start_s) and math.isfinite(episode.end_s) and episode.end_s > episode.start_s):
             raise ReviewError(f"an episode must end after it starts ({episode.start_s} to {episode.end_s} s)")
         review = EpisodeReview(episode.kind, float(episode.start_s), float(episode.end_s), decision, reviewer, _now())
         with self._transaction() as con:

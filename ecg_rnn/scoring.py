@@ -73,18 +73,17 @@ def in_stretches(beats: Beats, longest_s: float = LONGEST_STRETCH_S) -> Beats:
     calibration of the terms, the adaptation and the morphology families. Over a day heart rate and QRS
     change (sleep, activity, posture): against the whole day's RR90 every awake hour looks premature.
     Recordings up to longest_s are left whole."""
-    names = beats.record.astype(object).copy()
+    names, split = beats.record.astype(object), False
     for name in np.unique(beats.record):
         rows = np.flatnonzero(beats.record == name)
-        span = float(beats.time_s[rows].max() - beats.time_s[rows].min())
-        parts = int(np.ceil(span / longest_s)) if span > longest_s else 1
-        if parts > 1:
-            start = beats.time_s[rows].min()
-            k = np.minimum(((beats.time_s[rows] - start) / (span / parts)).astype(int), parts - 1)
-            names[rows] = [f"{name}@{i}" for i in k]
-    if (names == beats.record).all():
-        return beats
-    return dataclasses.replace(beats, record=names.astype(str))
+        start = beats.time_s[rows].min()
+        span = float(beats.time_s[rows].max() - start)
+        if span <= longest_s:
+            continue
+        parts = int(np.ceil(span / longest_s))
+        k = np.minimum(((beats.time_s[rows] - start) / (span / parts)).astype(int), parts - 1)
+        names[rows], split = [f"{name}@{i}" for i in k], True
+    return dataclasses.replace(beats, record=names.astype(str)) if split else beats
 
 
 def score_beats(detector: RecurrentAEDetector, beats: Beats, has_reference: bool,
