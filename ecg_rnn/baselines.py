@@ -26,6 +26,7 @@ FEATURE_KINDS = ("pca", "pca-z", "iforest")
 # template + RR: selected on DS1 by cross-validation (docs/evaluation/selection.json, "no_learning")
 TEMPLATE_RR_WEIGHTS = ScoreWeights(recon=0.0, distance=1.0, premature=1.0, pause=0.1)  # per-record calibration
 TEMPLATE_RR_PERCENTILE = 95.0
+TEMPLATE_RR_RECORD_SCALE = "lower_half"
 
 
 class FeatureBaseline:
@@ -68,9 +69,10 @@ class TemplateRRBaseline:
     as the detector calibrates (morphology per record, rhythm on normal training beats)."""
 
     def __init__(self, weights: ScoreWeights = TEMPLATE_RR_WEIGHTS, calibrate_per_record: bool = True,
-                 threshold_percentile: float = TEMPLATE_RR_PERCENTILE):
+                 threshold_percentile: float = TEMPLATE_RR_PERCENTILE, record_scale: str = TEMPLATE_RR_RECORD_SCALE):
         self.weights = weights
         self.calibrate_per_record = calibrate_per_record
+        self.record_scale = record_scale
         self.threshold_percentile = threshold_percentile
 
     @staticmethod
@@ -94,7 +96,7 @@ class TemplateRRBaseline:
         return self
 
     def _score(self, raw, record, rows, in_af) -> np.ndarray:
-        z = zscores(raw, record, self.calibration_, self.calibrate_per_record)
+        z = zscores(raw, record, self.calibration_, self.calibrate_per_record, self.record_scale)
         return combine({k: v[rows] for k, v in z.items()}, self.weights, in_af)
 
     def score_samples(self, beats: Beats, context: Beats | None = None, in_af: np.ndarray | None = None) -> np.ndarray:

@@ -16,9 +16,10 @@ Rhythm terms only add evidence (clipped at 0): a late beat does not make a defor
 atrial fibrillation (`in_af`) they add nothing, since a short RR there is the rhythm, not ectopy.
 
 Calibration: with `calibrate_per_record` (the default) the morphology terms are z-scored against the
-recording's own beats (median / MAD of all its beats: abnormal beats are a minority), so a lead, recorder
-or patient whose beats all reconstruct worse than MIT-BIH's is not flagged wholesale; the rhythm terms
-against normal training beats. Threshold rule: `threshold_` is the `threshold_percentile`-th percentile
+recording's own beats (their median; `record_scale` "lower_half": the spread of the half of its beats
+below the median, which abnormal beats, on the high side, do not widen), so a lead, recorder or patient
+whose beats all reconstruct worse than MIT-BIH's is not flagged wholesale; the rhythm terms against
+normal training beats. Threshold rule: `threshold_` is the `threshold_percentile`-th percentile
 of the scores of held-out normal beats (records the autoencoder never trained on, scored exactly as a
 new recording is), so about (100 - threshold_percentile) % of normal beats of unseen patients are
 flagged. `percentile(scores)` is each score's rank among those held-out normal scores (0..100).
@@ -66,6 +67,7 @@ DEFAULT_RHYTHM_WEIGHT = 1.5
 DEFAULT_PAUSE_WEIGHT = 0.3
 DEFAULT_DISTANCE_WEIGHT = 1.0
 DEFAULT_CALIBRATE_PER_RECORD = True
+DEFAULT_RECORD_SCALE = "lower_half"
 MIN_FIT_BEATS = 10
 
 # An AF mask for the beats of whole records (True inside atrial fibrillation / flutter), as the rhythm
@@ -78,7 +80,7 @@ AfMask = Callable[[Beats], np.ndarray]
 
 
 PARAMS = ("model", "training", "signal", "beats", "threshold_percentile", "rhythm_weight", "pause_weight",
-          "distance_weight", "calibrate_per_record", "adaptation")
+          "distance_weight", "calibrate_per_record", "record_scale", "adaptation")
 
 
 @dataclass
@@ -103,6 +105,7 @@ class RecurrentAEDetector:
                  rhythm_weight: float = DEFAULT_RHYTHM_WEIGHT, pause_weight: float = DEFAULT_PAUSE_WEIGHT,
                  distance_weight: float = DEFAULT_DISTANCE_WEIGHT,
                  calibrate_per_record: bool = DEFAULT_CALIBRATE_PER_RECORD,
+                 record_scale: str = DEFAULT_RECORD_SCALE,
                  adaptation: AdaptConfig = DEFAULT_ADAPTATION):
         # stored as given (scikit-learn convention: get_params / clone); checked in fit and load
         self.model = model
@@ -114,6 +117,7 @@ class RecurrentAEDetector:
         self.pause_weight = pause_weight
         self.distance_weight = distance_weight
         self.calibrate_per_record = calibrate_per_record
+        self.record_scale = record_scale
         self.adaptation = adaptation
 
     def get_params(self, deep: bool = False) -> dict:
@@ -262,7 +266,7 @@ class RecurrentAEDetector:
 
     def _score(self, raw: dict[str, np.ndarray], record: np.ndarray, rows: np.ndarray,
                in_af: np.ndarray | None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        z = zscores(raw, record, self.calibration_, self.calibrate_per_record)
+        z = zscores(raw, record, self.calibration_, self.calibrate_per_record, self.record_scale)
         z = {k: v[rows] for k, v in z.items()}
         return combine(z, self.weights, in_af), z
 
@@ -324,6 +328,7 @@ class RecurrentAEDetector:
                                     "threshold_rule": self.threshold_rule, "rhythm_weight": self.rhythm_weight,
                                     "pause_weight": self.pause_weight, "distance_weight": self.distance_weight,
                                     "calibrate_per_record": self.calibrate_per_record,
+                                    "record_scale": self.record_scale,
                                     "adaptation": self.adaptation.to_dict(),
                                     "calibration": self.calibration_, "components": list(COMPONENTS)},
                                    sort_keys=True),
@@ -377,6 +382,8 @@ class RecurrentAEDetector:
                       pause_weight=float(det_meta["pause_weight"]),
                       distance_weight=float(det_meta["distance_weight"]),
                       calibrate_per_record=bool(det_meta["calibrate_per_record"]),
+                      # detectors saved before the choice existed took the scale from all beats
+                      record_scale=str(det_meta.get("record_scale", "all_beats")),
                       adaptation=AdaptConfig(**det_meta["adaptation"]))
             det._check_window()
             model = RecurrentAutoencoder(det.model)

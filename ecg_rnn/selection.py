@@ -42,8 +42,8 @@ from ecg_rnn.baselines import plain_lstm_config
 from ecg_rnn.beats import ABNORMAL_CLASSES, Beats
 from ecg_rnn.detector import AfMask, RecurrentAEDetector
 from ecg_rnn.experiments import AF_MASKS, detected_af_mask, reference_af_mask
-from ecg_rnn.features import (MORPHOLOGY_TERMS, RHYTHM_TERMS, ScoreWeights, beat_keys, calibrate, combine,
-                              model_inputs, record_population, rhythm_terms, zscores)
+from ecg_rnn.features import (MORPHOLOGY_TERMS, RECORD_SCALES, RHYTHM_TERMS, ScoreWeights, beat_keys, calibrate,
+                              combine, model_inputs, record_population, rhythm_terms, zscores)
 from ecg_rnn.metrics import evaluate_detector
 from ecg_rnn.model import ModelConfig, RecurrentAutoencoder
 from ecg_rnn.protocols import DS1, build_beat_set, heldout_mask, locate_mitdb
@@ -55,6 +55,19 @@ DEFAULT_PERCENTILE = 95.0  # the promise checked on the other lead: about 5 % of
 PROMISE_BAND = (0.6, 1.6)  # ...within 3 % and 8 % (the issue's band for recordings unlike MIT-BIH)
 NO_LEARNING = "template + RR90 (no learning)"
 OTHER_SUFFIX = "~other"  # record names of other-lead beats in a training set (their own templates)
+# how the morphology terms are calibrated: per record with one of features.RECORD_SCALES, or on the
+# training data ("training": calibrate_per_record off)
+TRAINING_CALIBRATION = "training"
+CALIBRATIONS = (*RECORD_SCALES, TRAINING_CALIBRATION)
+CALIBRATION_LABELS = {"lower_half": "per record, scale from the lower half of its beats",
+                      "all_beats": "per record, scale from all its beats",
+                      TRAINING_CALIBRATION: "on the training data"}
+
+
+def calibration_params(calibration: str) -> dict:
+    """The detector's (and the no-learning score's) parameters for one calibration."""
+    per_record = calibration != TRAINING_CALIBRATION
+    return {"calibrate_per_record": per_record, "record_scale": calibration if per_record else "lower_half"}
 
 
 @dataclass(frozen=True)
@@ -274,39 +287,41 @@ def load_terms(path: Path) -> dict[tuple[int, int], FoldTerms]:
 # scores from terms (the detector's own calibration and combination)
 
 
-def score_fold(terms: FoldTerms, weights: ScoreWeights, per_record: bool, percentile: float, af: str,
+def score_fold(terms: FoldTerms, weights: ScoreWeights, calibration_kind: str, percentile: float, af: str,
                other_lead: bool = False) -> tuple[np.ndarray, float]:
     """Out-of-fold scores of the test beats and the fold's threshold, as the detector computes them."""
     rows = terms.held_rows
     calibration = {**calibrate({k: terms.held[k][rows] for k in MORPHOLOGY_TERMS}, MORPHOLOGY_TERMS),
                    **calibrate(terms.rhythm_normals, RHYTHM_TERMS)}
     held_af, test_af = terms.af.get(f"{af}.held"), terms.af.get(f"{af}.test")
-    z_held = zscores(terms.held, terms.held_record, calibration, per_record)
+    params = calibration_params(calibration_kind)
+    per_record, scale = params["calibrate_per_record"], params["record_scale"]
+    z_held = zscores(terms.held, terms.held_record, calibration, per_record, scale)
     threshold = float(np.percentile(combine({k: v[rows] for k, v in z_held.items()}, weights, held_af), percentile))
     test = terms.test_other if other_lead else terms.test
-    return combine(zscores(test, terms.test_record, calibration, per_record), weights, test_af), threshold
+    return combine(zscores(test, terms.test_record, calibration, per_record, scale), weights, test_af), threshold
 
 
-def pooled(folds: list[FoldTerms], weights: ScoreWeights, per_record: bool, percentile: float, af: str,
+def pooled(folds: list[FoldTerms], weights: ScoreWeights, calibration: str, percentile: float, af: str,
            other_lead: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(AAMI class, score, score minus its fold's threshold) of every out-of-fold beat."""
-    scored = [score_fold(t, weights, per_record, percentile, af, other_lead) for t in folds]
+    scored = [score_fold(t, weights, calibration, percentile, af, other_lead) for t in folds]
     scores = np.concatenate([s for s, _ in scored])
     margins = np.concatenate([s - threshold for s, threshold in scored])
     return np.concatenate([t.test_aami for t in folds]), scores, margins
 
 
-def pooled_ap(folds: list[FoldTerms], weights: ScoreWeights, per_record: bool, af: str) -> float:
+def pooled_ap(folds: list[FoldTerms], weights: ScoreWeights, calibration: str, af: str) -> float:
     """Average precision of the pooled out-of-fold scores (no threshold involved)."""
-    aami, scores, _ = pooled(folds, weights, per_record, DEFAULT_PERCENTILE, af)
+    aami, scores, _ = pooled(folds, weights, calibration, DEFAULT_PERCENTILE, af)
     keep = aami != ""
     return float(average_precision_score(np.isin(aami[keep], ABNORMAL_CLASSES), scores[keep]))
 
 
-def normal_flagged(folds: list[FoldTerms], weights: ScoreWeights, per_record: bool, percentile: float, af: str,
+def normal_flagged(folds: list[FoldTerms], weights: ScoreWeights, calibration: str, percentile: float, af: str,
                    other_lead: bool = False) -> float:
     """Share of the out-of-fold normal beats above their fold's threshold."""
-    aami, _, margins = pooled(folds, weights, per_record, percentile, af, other_lead)
+    aami, _, margins = pooled(folds, weights, calibration, percentile, af, other_lead)
     return float(np.mean(margins[aami == "N"] > 0))
 
 
@@ -316,11 +331,11 @@ def _labels(aami: np.ndarray) -> Beats:
                  waves=np.zeros((n, 0), np.float32), rr=np.zeros((n, 0), np.float32), symbol=aami, aami=aami)
 
 
-def pooled_metrics(folds: list[FoldTerms], weights: ScoreWeights, per_record: bool, percentile: float, af: str,
+def pooled_metrics(folds: list[FoldTerms], weights: ScoreWeights, calibration: str, percentile: float, af: str,
                    other_lead: bool = False) -> dict:
     """ROC-AUC, AP and per-class AUC of the pooled scores; the operating point (sensitivity, specificity,
     recall, F1) of each beat against its own fold's threshold."""
-    aami, scores, margins = pooled(folds, weights, per_record, percentile, af, other_lead)
+    aami, scores, margins = pooled(folds, weights, calibration, percentile, af, other_lead)
     ranking, point = evaluate_detector(_labels(aami), scores, np.inf), evaluate_detector(_labels(aami), margins, 0.0)
     point |= {"roc_auc": ranking["roc_auc"], "ap": ranking["ap"]}
     for c, m in point["per_class"].items():
@@ -328,10 +343,10 @@ def pooled_metrics(folds: list[FoldTerms], weights: ScoreWeights, per_record: bo
     return point
 
 
-def keeps_promise(folds: list[FoldTerms], weights: ScoreWeights, per_record: bool, af: str) -> bool:
+def keeps_promise(folds: list[FoldTerms], weights: ScoreWeights, calibration: str, af: str) -> bool:
     """Whether the share of normal beats flagged on the other lead (a recording unlike the training
     data) stays within PROMISE_BAND of the promised 100 - DEFAULT_PERCENTILE %."""
-    share = normal_flagged(folds, weights, per_record, DEFAULT_PERCENTILE, af, other_lead=True)
+    share = normal_flagged(folds, weights, calibration, DEFAULT_PERCENTILE, af, other_lead=True)
     promised = (100.0 - DEFAULT_PERCENTILE) / 100.0
     return PROMISE_BAND[0] * promised <= share <= PROMISE_BAND[1] * promised
 
@@ -342,19 +357,19 @@ def _weight_grid(config: SelectionConfig, learned: bool):
         yield ScoreWeights(recon=r, distance=d, premature=p, pause=q)
 
 
-def best_weights(folds: list[FoldTerms], config: SelectionConfig, learned: bool) -> tuple[float, ScoreWeights, bool]:
-    """(pooled AP, weights, per-record calibration): the best AP over the weight grid among the settings
+def best_weights(folds: list[FoldTerms], config: SelectionConfig, learned: bool) -> tuple[float, ScoreWeights, str]:
+    """(pooled AP, weights, calibration): the best AP over the weight grid among the settings
     that keep the threshold's promise on the other lead (all settings when none does)."""
     af = config.af_masks[0]
-    found = [(pooled_ap(folds, w, pr, af), w, pr) for w in _weight_grid(config, learned) for pr in (True, False)]
+    found = [(pooled_ap(folds, w, c, af), w, c) for w in _weight_grid(config, learned) for c in CALIBRATIONS]
     kept = [f for f in found if keeps_promise(folds, f[1], f[2], af)] or found
     return max(kept, key=lambda t: t[0])
 
 
-def best_percentile(folds: list[FoldTerms], weights: ScoreWeights, per_record: bool, config: SelectionConfig) -> float:
+def best_percentile(folds: list[FoldTerms], weights: ScoreWeights, calibration: str, config: SelectionConfig) -> float:
     """The most sensitive percentile (the lowest) whose pooled specificity is at least MIN_SPECIFICITY."""
     for p in sorted(config.percentiles):
-        if pooled_metrics(folds, weights, per_record, p, config.af_masks[0])["specificity"] >= MIN_SPECIFICITY:
+        if pooled_metrics(folds, weights, calibration, p, config.af_masks[0])["specificity"] >= MIN_SPECIFICITY:
             return p
     return max(config.percentiles)
 
@@ -388,35 +403,35 @@ def selection_report(config: SelectionConfig, terms: dict[int, dict[tuple[int, i
 
     found = []
     for c, a in itertools.product(sorted(terms), range(len(config.adaptations))):
-        ap, weights, per_record = best_weights(fold_list(c, a), config, learned=True)
-        found.append({"candidate": c, "adaptation": a, "ap": ap, "weights": weights, "per_record": per_record})
+        ap, weights, calibration = best_weights(fold_list(c, a), config, learned=True)
+        found.append({"candidate": c, "adaptation": a, "ap": ap, "weights": weights, "calibration": calibration})
     best = max(found, key=lambda f: f["ap"])
     chosen = fold_list(best["candidate"], best["adaptation"])
-    w, pr = best["weights"], best["per_record"]
-    percentile = best_percentile(chosen, w, pr, config)
-    _, base_w, base_pr = best_weights(chosen, config, learned=False)
-    base_pct = best_percentile(chosen, base_w, base_pr, config)
+    w, calib = best["weights"], best["calibration"]
+    percentile = best_percentile(chosen, w, calib, config)
+    _, base_w, base_calib = best_weights(chosen, config, learned=False)
+    base_pct = best_percentile(chosen, base_w, base_calib, config)
 
-    def row(label, fl, weights, per_record, pct=percentile, mask=af):
-        return {"name": label, **summary(pooled_metrics(fl, weights, per_record, pct, mask),
-                                         pooled_metrics(fl, weights, per_record, pct, mask, other_lead=True))}
+    def row(label, fl, weights, calibration, pct=percentile, mask=af):
+        return {"name": label, **summary(pooled_metrics(fl, weights, calibration, pct, mask),
+                                         pooled_metrics(fl, weights, calibration, pct, mask, other_lead=True))}
 
-    rows = [row("selected", chosen, w, pr)]
+    rows = [row("selected", chosen, w, calib)]
     for f in found:
         if (f["candidate"], f["adaptation"]) != (best["candidate"], best["adaptation"]):
             label = (f"model {config.candidates[f['candidate']].name}, adaptation "
                      f"{_adapt_label(config.adaptations[f['adaptation']])} (its best weights)")
-            rows.append(row(label, fold_list(f["candidate"], f["adaptation"]), f["weights"], f["per_record"]))
-    rows += [row(f"per-record calibration {'off' if pr else 'on'}", chosen, w, not pr),
-             row("template distance weight 0", chosen, dataclasses.replace(w, distance=0.0), pr),
-             row("rhythm terms off", chosen, dataclasses.replace(w, premature=0.0, pause=0.0), pr),
-             row("pause weight 0", chosen, dataclasses.replace(w, pause=0.0), pr)]
-    rows += [row(f"AF mask: {kind}", chosen, w, pr, mask=kind) for kind in config.af_masks[1:]]
-    rows += [row(f"threshold percentile {p:g}", chosen, w, pr, pct=p) for p in config.percentiles if p != percentile]
-    rows += [row(f"{NO_LEARNING} (its best weights)", chosen, base_w, base_pr, pct=base_pct),
-             row(f"{NO_LEARNING}, per-record calibration {'off' if base_pr else 'on'}", chosen, base_w, not base_pr,
-                 pct=base_pct)]
-    rows += [row(f"{NO_LEARNING}, AF mask: {kind}", chosen, base_w, base_pr, pct=base_pct, mask=kind)
+            rows.append(row(label, fold_list(f["candidate"], f["adaptation"]), f["weights"], f["calibration"]))
+    rows += [row(f"morphology calibrated {CALIBRATION_LABELS[c]}", chosen, w, c) for c in CALIBRATIONS if c != calib]
+    rows += [row("template distance weight 0", chosen, dataclasses.replace(w, distance=0.0), calib),
+             row("rhythm terms off", chosen, dataclasses.replace(w, premature=0.0, pause=0.0), calib),
+             row("pause weight 0", chosen, dataclasses.replace(w, pause=0.0), calib)]
+    rows += [row(f"AF mask: {kind}", chosen, w, calib, mask=kind) for kind in config.af_masks[1:]]
+    rows += [row(f"threshold percentile {p:g}", chosen, w, calib, pct=p) for p in config.percentiles if p != percentile]
+    rows += [row(f"{NO_LEARNING} (its best weights)", chosen, base_w, base_calib, pct=base_pct),
+             *(row(f"{NO_LEARNING}, morphology calibrated {CALIBRATION_LABELS[c]}", chosen, base_w, c, pct=base_pct)
+               for c in CALIBRATIONS if c != base_calib)]
+    rows += [row(f"{NO_LEARNING}, AF mask: {kind}", chosen, base_w, base_calib, pct=base_pct, mask=kind)
              for kind in config.af_masks[1:]]
     candidate = config.candidates[best["candidate"]]
     return {
@@ -430,9 +445,9 @@ def selection_report(config: SelectionConfig, terms: dict[int, dict[tuple[int, i
         "selected": {"candidate": candidate.name, "model_config": candidate.model.to_dict(),
                      "other_lead_training": candidate.other_lead_training,
                      "adaptation": config.adaptations[best["adaptation"]].to_dict(),
-                     "weights": dataclasses.asdict(w), "calibrate_per_record": pr,
+                     "weights": dataclasses.asdict(w), **calibration_params(calib),
                      "threshold_percentile": percentile, "af_mask": af},
-        "no_learning": {"weights": dataclasses.asdict(base_w), "calibrate_per_record": base_pr,
+        "no_learning": {"weights": dataclasses.asdict(base_w), **calibration_params(base_calib),
                         "threshold_percentile": base_pct},
         "grid": {"candidates": [c.name for c in config.candidates],
                  "adaptations": [a.to_dict() for a in config.adaptations],
@@ -454,6 +469,10 @@ def markdown_rows(rows: list[dict], columns=TABLE_COLUMNS) -> str:
         cells = ["–" if r.get(k) is None or not np.isfinite(r[k]) else f"{r[k]:.3f}" for _, k in columns]
         lines.append(f"| {r['name']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _calibration_label(params: dict) -> str:
+    return CALIBRATION_LABELS[params["record_scale"] if params["calibrate_per_record"] else TRAINING_CALIBRATION]
 
 
 def selection_markdown(report: dict, plain: dict | None, speed: list[dict] | None) -> str:
@@ -481,11 +500,11 @@ def selection_markdown(report: dict, plain: dict | None, speed: list[dict] | Non
         f"the {100 * a['typical_share']:g} % of the record's beats nearest its template;",
         f"- score: {sel['weights']['recon']:g} * z(recon) + {sel['weights']['distance']:g} * z(template distance) + "
         f"{sel['weights']['premature']:g} * max(0, z(prematurity)) + {sel['weights']['pause']:g} * max(0, z(pause)); "
-        f"morphology calibrated {'per record' if sel['calibrate_per_record'] else 'on the training data'};",
+        f"morphology calibrated {_calibration_label(sel)};",
         f"- threshold: the {sel['threshold_percentile']:g}th percentile of held-out normal scores;",
         f"- the no-learning template + RR score, by the same search: {report['no_learning']['weights']['premature']:g}"
         f" * prematurity, {report['no_learning']['weights']['pause']:g} * pause, calibrated "
-        f"{'per record' if report['no_learning']['calibrate_per_record'] else 'on the training data'}, "
+        f"{_calibration_label(report['no_learning'])}, "
         f"{report['no_learning']['threshold_percentile']:g}th percentile.", "",
         f"Out of fold, the selected detector reaches ROC-AUC {chosen['roc_auc']:.3f} and AP {chosen['ap']:.3f}; "
         f"the no-learning score {base['roc_auc']:.3f} and {base['ap']:.3f}: the autoencoder adds "

@@ -1,6 +1,7 @@
 """Score calibration and combination (no learning): per-record z-scores, short records, AF, populations."""
 
 import numpy as np
+import pytest
 
 from ecg_rnn.beats import Beats
 from ecg_rnn.features import (RECORD_PRIOR_BEATS, ScoreWeights, combine, record_population, zscores)
@@ -30,11 +31,30 @@ def test_per_record_z_ignores_how_a_record_differs_from_training():
 def test_a_short_strip_leans_on_the_training_calibration():
     rng = np.random.default_rng(1)
     raw = _raw(10, rng, shift=4.0)
-    z = zscores(raw, np.full(10, "strip"), CALIBRATION)["recon"]
     weight = 10 / (10 + RECORD_PRIOR_BEATS)
     median = np.median(raw["recon"])
-    assert abs(np.median(z) - (1 - weight) * median / (weight * 1.4826 * np.median(np.abs(raw["recon"] - median))
-                                                       + (1 - weight))) < 1e-9
+    for record_scale, spread in (("all_beats", np.abs(raw["recon"] - median)),
+                                 ("lower_half", median - raw["recon"][raw["recon"] <= median])):
+        z = zscores(raw, np.full(10, "strip"), CALIBRATION, record_scale=record_scale)["recon"]
+        expected = (1 - weight) * median / (weight * 1.4826 * np.median(spread) + (1 - weight))
+        assert abs(np.median(z) - expected) < 1e-9, record_scale
+
+
+def test_abnormal_beats_do_not_widen_the_lower_half_scale():
+    """A record where 30 % of beats are abnormal (high errors, spread out): the scale from all beats
+    is inflated by them and their z-scores shrink; the lower half's scale is the normal beats' own."""
+    rng = np.random.default_rng(2)
+    normal, abnormal = rng.normal(0.0, 1.0, 1400), rng.uniform(3.0, 12.0, 600)
+    raw = {"recon": np.concatenate([normal, abnormal]), "distance": np.concatenate([normal, abnormal]),
+           "premature": np.zeros(2000), "pause": np.zeros(2000)}
+    record = np.full(2000, "r")
+    lower, every = (zscores(raw, record, CALIBRATION, record_scale=s)["recon"] for s in ("lower_half", "all_beats"))
+    normal_sd = np.std(lower[:1400])  # 0.71: the median itself moves up with the abnormal share
+    assert 0.65 < normal_sd < 1.1
+    assert np.std(every[:1400]) < 0.85 * normal_sd  # the abnormal beats widened the full-MAD scale
+    assert np.median(lower[1400:]) > 1.2 * np.median(every[1400:])
+    with pytest.raises(ValueError, match="record_scale"):
+        zscores(raw, record, CALIBRATION, record_scale="upper_half")
 
 
 def test_rhythm_adds_only_evidence_and_nothing_in_af():

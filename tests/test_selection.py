@@ -12,7 +12,7 @@ from ecg_rnn.adapt import AdaptConfig
 from ecg_rnn.baselines import TEMPLATE_RR_PERCENTILE, TEMPLATE_RR_WEIGHTS, TemplateRRBaseline
 from ecg_rnn.detector import (DEFAULT_ADAPTATION, DEFAULT_DISTANCE_WEIGHT, DEFAULT_MODEL_CONFIG,
                               DEFAULT_PAUSE_WEIGHT, DEFAULT_RHYTHM_WEIGHT, DEFAULT_THRESHOLD_PERCENTILE,
-                              DEFAULT_CALIBRATE_PER_RECORD)
+                              DEFAULT_CALIBRATE_PER_RECORD, DEFAULT_RECORD_SCALE)
 from ecg_rnn.model import ModelConfig
 from ecg_rnn.protocols import DS1, build_beat_set
 from ecg_rnn.selection import (Candidate, SelectionData, af_masks, fold_detector, fold_terms, load_terms,
@@ -59,10 +59,11 @@ def test_fold_terms_rebuild_the_detectors_scores(data, tmp_path):
     det.recalibrate(context.subset(normal & ~held), context.subset(normal & held), context, masks["detected"])
     test = data.beats.subset(data.beats.record == "208")
     expected = det.score_samples(test, in_af=masks["detected"](test))
-    scores, threshold = score_fold(terms, det.weights, True, det.threshold_percentile, "detected")
+    scores, threshold = score_fold(terms, det.weights, det.record_scale, det.threshold_percentile, "detected")
     np.testing.assert_allclose(scores, expected, rtol=1e-4, atol=1e-4)  # fold terms are stored as float32
     assert threshold == pytest.approx(det.threshold_, abs=1e-3)
-    other, _ = score_fold(terms, det.weights, True, det.threshold_percentile, "detected", other_lead=True)
+    other, _ = score_fold(terms, det.weights, det.record_scale, det.threshold_percentile, "detected",
+                          other_lead=True)
     assert other.shape == scores.shape and not np.allclose(other, scores)
 
 
@@ -73,8 +74,10 @@ def test_the_shipped_defaults_are_what_selection_chose():
     assert selected["weights"] == {"recon": 1.0, "distance": DEFAULT_DISTANCE_WEIGHT,
                                    "premature": DEFAULT_RHYTHM_WEIGHT, "pause": DEFAULT_PAUSE_WEIGHT}
     assert selected["calibrate_per_record"] == DEFAULT_CALIBRATE_PER_RECORD
+    assert selected["record_scale"] == DEFAULT_RECORD_SCALE
     assert selected["threshold_percentile"] == DEFAULT_THRESHOLD_PERCENTILE
     no_learning = json.loads((REPO / "docs" / "evaluation" / "selection.json").read_text())["no_learning"]
     assert no_learning["weights"] == dataclasses.asdict(TEMPLATE_RR_WEIGHTS)
     assert no_learning["calibrate_per_record"] == TemplateRRBaseline().calibrate_per_record
+    assert no_learning["record_scale"] == TemplateRRBaseline().record_scale
     assert no_learning["threshold_percentile"] == TEMPLATE_RR_PERCENTILE
