@@ -28,11 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ecg_rnn.beats import AAMI_CLASSES, Beats, beats_from_source
+from ecg_rnn.beats import AAMI_CLASSES, Beats, beats_from_source, record_af_episodes, record_af_mask
 from ecg_rnn.paths import sample_record
 from ecg_rnn.protocols import DS1, DS2, build_beat_set, locate_mitdb
 from ecg_rnn.records import open_record
-from ecg_rnn.rhythm import af_episodes, in_episodes
 from ecg_rnn.suggest import MorphologyEvidence, SuggestConfig, classify, morphology_evidence, suggest_classes
 
 COMMAND = ".venv/bin/python -m benchmarks.suggest --out docs/evaluation/suggest.md"
@@ -86,15 +85,6 @@ def reference_af_mask(beats: Beats, folder: Path) -> np.ndarray:
 
 def prepare(beats: Beats, folder: Path) -> Prepared:
     return Prepared(beats=beats, evidence=morphology_evidence(beats), in_af=reference_af_mask(beats, folder))
-
-
-def rhythm_af_mask(beats: Beats) -> np.ndarray:
-    """True for beats inside the AF episodes the rhythm stage finds from each record's beat times."""
-    mask = np.zeros(len(beats), dtype=bool)
-    for name in np.unique(beats.record):
-        rows = np.flatnonzero(beats.record == name)
-        mask[rows] = in_episodes(beats.time_s[rows], af_episodes(beats.time_s[rows]))
-    return mask
 
 
 def subset(p: Prepared, rows: np.ndarray) -> Prepared:
@@ -255,7 +245,8 @@ def evaluate(folder: Path) -> Results:
     return Results(final=final, chosen=chosen, cv=cv, ds1_fit=sum(selector.confusions(final).values()), ds2=ds2,
                    ds2_conf=confusion(ds2.beats.aami, ds2.suggest(final)),
                    ds2_no_af=confusion(ds2.beats.aami, ds2.suggest(final, np.zeros(len(ds2.beats), dtype=bool))),
-                   ds2_rhythm_af=confusion(ds2.beats.aami, ds2.suggest(final, rhythm_af_mask(ds2.beats))),
+                   ds2_rhythm_af=confusion(ds2.beats.aami,
+                                           ds2.suggest(final, record_af_mask(ds2.beats, record_af_episodes(ds2.beats)))),
                    samples=samples, timing=timing,
                    prepare_s=prepare_s, n_beats=len(every.beats))
 
@@ -324,7 +315,7 @@ def report_lines(r: Results) -> list[str]:
         + chosen_counts + ".",
         "- AF mask: the reference rhythm annotations ((AFIB, (AFL), i.e. what a perfect rhythm stage gives; "
         "the rows without any AF mask show the cost when none is found, and one row uses the mask of the rhythm "
-        "stage (ecg_rnn.rhythm.af_episodes on the beat times, its own DS1-selected settings).",
+        "stage (ecg_rnn.beats.record_af_episodes: beat times and atrial evidence, as scoring finds AF).",
         "- R-peaks: the reference beat annotations (the protocol's beats), except in the last section.",
         "",
         "## DS2 (22 records)",

@@ -24,7 +24,7 @@ FOREST_TREES = 200
 FOREST_MAX_BEATS = 20_000  # IsolationForest fits a random subset this large (it gains nothing from more)
 FEATURE_KINDS = ("pca", "pca-z", "iforest")
 # template + RR: selected on DS1 by cross-validation (docs/evaluation/selection.json, "no_learning")
-TEMPLATE_RR_WEIGHTS = ScoreWeights(recon=0.0, distance=1.0, premature=1.0, pause=0.1)  # per-record calibration
+TEMPLATE_RR_WEIGHTS = ScoreWeights(recon=0.0, distance=1.0, premature=0.5, pause=0.1)  # per-record calibration
 TEMPLATE_RR_PERCENTILE = 95.0
 TEMPLATE_RR_RECORD_SCALE = "lower_half"
 

@@ -14,6 +14,7 @@ from ecg_rnn import signal as ecg_signal
 from ecg_rnn.records import (Annotations, Record, RecordSource, bridge_gaps, source_from_record,
                              validated_signal)
 from ecg_rnn.quality import QualityConfig, fuse_leads
+from ecg_rnn.rhythm import Episode, RhythmConfig, af_episodes, in_episodes, pre_qrs_columns
 from ecg_rnn.signal import SignalConfig, preprocess, resample_ratio
 
 AAMI_CLASSES = ("N", "S", "V", "F", "Q")
@@ -299,3 +300,28 @@ def beats_from_record(record: Record, signal_config: SignalConfig = SignalConfig
                       chunk_s: float = CHUNK_S) -> Beats:
     """Cut every beat of a record held in memory (see cut_beats for `peaks`)."""
     return beats_from_source(source_from_record(record), signal_config, beat_config, peaks, chunk_s)
+
+
+def record_af_episodes(beats: Beats, rhythm_config: RhythmConfig = RhythmConfig(),
+                       noise_segments: list[tuple[float, float]] | tuple = (),
+                       signal_config: SignalConfig = SignalConfig(),
+                       beat_config: BeatConfig = BeatConfig()) -> dict[str, list[Episode]]:
+    """The rhythm stage's AF episodes of each record of `beats` (whole records): from the beat times and,
+    where the beat windows (cut with these configs) reach before the P wave, the atrial evidence of the
+    pre-QRS part of each window. The one way scoring, training and evaluation find AF."""
+    atrial = pre_qrs_columns(beat_config.pre_s, signal_config.fs)
+    episodes = {}
+    for name in np.unique(beats.record):
+        rows = beats.record == name
+        episodes[str(name)] = af_episodes(beats.time_s[rows], rhythm_config, noise_segments,
+                                          None if atrial is None else beats.waves[rows][:, atrial])
+    return episodes
+
+
+def record_af_mask(beats: Beats, episodes: dict[str, list[Episode]]) -> np.ndarray:
+    """True for each beat inside an AF episode of its own record."""
+    mask = np.zeros(len(beats), dtype=bool)
+    for name, found in episodes.items():
+        rows = np.flatnonzero(beats.record == name)
+        mask[rows] = in_episodes(beats.time_s[rows], found)
+    return mask

@@ -23,7 +23,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from ecg_rnn import distributed, paths
 from ecg_rnn.adapt import AdaptConfig
 from ecg_rnn.baselines import PCA_COMPONENTS, FeatureBaseline, TemplateRRBaseline, plain_lstm_config
-from ecg_rnn.beats import Beats
+from ecg_rnn.beats import Beats, record_af_episodes, record_af_mask
 from ecg_rnn.detector import DEFAULT_MODEL_CONFIG, DEFAULT_TRAIN_CONFIG, AfMask, RecurrentAEDetector
 from ecg_rnn.errors import DataNotFoundError
 from ecg_rnn.features import record_population, robust_location_scale
@@ -31,7 +31,6 @@ from ecg_rnn.metrics import aggregate, evaluate_detector
 from ecg_rnn.model import ModelConfig, RecurrentAutoencoder
 from ecg_rnn.protocols import ALL_RECORDS, DS1, build_beat_set, inter_patient, locate_mitdb, protocol_splits
 from ecg_rnn.reports import write_model_card, write_plots
-from ecg_rnn.rhythm import af_episodes, in_episodes
 from ecg_rnn.train import TrainConfig, batch_errors, fit_autoencoder, private_torch_state
 
 AF_RHYTHMS = ("(AFIB", "(AFL")  # MIT-BIH rhythm annotations of atrial fibrillation and flutter
@@ -51,13 +50,9 @@ def _say(msg: str, progress: bool = True) -> None:
 
 
 def detected_af_mask(beats: Beats) -> np.ndarray:
-    """True inside the AF episodes the rhythm stage finds from each record's beat times (beats of whole
-    records): what `ecg-rnn score` feeds the detector."""
-    mask = np.zeros(len(beats), dtype=bool)
-    for name in np.unique(beats.record):
-        rows = np.flatnonzero(beats.record == name)
-        mask[rows] = in_episodes(beats.time_s[rows], af_episodes(beats.time_s[rows]))
-    return mask
+    """True inside the AF episodes the rhythm stage finds in each record (beats of whole records, cut
+    with the default configs, as every protocol cuts them): what `ecg-rnn score` feeds the detector."""
+    return record_af_mask(beats, record_af_episodes(beats))
 
 
 def reference_af_mask(beats: Beats, folder: Path) -> np.ndarray:

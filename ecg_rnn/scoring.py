@@ -3,8 +3,9 @@
 Every format goes one way: `records.open_record` gives a chunk-readable source (a WFDB or EDF record is
 read from disk a chunk at a time, so a 24-hour Holter stays within bounded memory), `beats.cut_source`
 cuts its beats from R-peaks fused over every ECG lead and finds the stretches where every lead is noise,
-the rhythm stage finds AF episodes, one forward pass of the detector scores the beats (inside AF by
-morphology) and the suggest stage gives each a class. What a recording becomes on disk (CSV, events,
+the rhythm stage finds AF episodes (from the beat times and the pre-QRS part of each beat's window),
+one forward pass of the detector scores the beats (inside AF by morphology) and the suggest stage
+gives each a class. What a recording becomes on disk (CSV, events,
 WFDB annotations, report) is ecg_rnn.outputs; many recordings are ecg_rnn.bulk.
 """
 
@@ -16,10 +17,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ecg_rnn.beats import Beats, cut_source
+from ecg_rnn.beats import Beats, cut_source, record_af_episodes, record_af_mask
 from ecg_rnn.detector import Analysis, RecurrentAEDetector
 from ecg_rnn.records import Record, RecordSource, source_from_record
-from ecg_rnn.rhythm import Episode, RhythmConfig, af_episodes, in_episodes
+from ecg_rnn.rhythm import Episode, RhythmConfig, in_episodes
 from ecg_rnn.suggest import suggest_classes
 
 NOISE_QUALITY = "noise"  # `quality` of a beat in noise
@@ -91,14 +92,14 @@ def score_beats(detector: RecurrentAEDetector, beats: Beats, has_reference: bool
                 rhythm_config: RhythmConfig = RhythmConfig(),
                 longest_stretch_s: float = LONGEST_STRETCH_S) -> ScoredBeats:
     """Everything scoring says about the beats of whole records: AF episodes from the rhythm stage
-    (outside noise), scores (inside AF by morphology: a short RR there is the rhythm, not ectopy),
+    (outside noise; the beats' pre-QRS samples add the atrial evidence when their windows hold them), scores (inside AF by morphology: a short RR there is the rhythm, not ectopy),
     percentiles among held-out normals, flags (never inside noise) and suggested classes. Recordings longer
     than longest_stretch_s take their per-record statistics per stretch (in_stretches)."""
     noise = [Episode(NOISE_QUALITY, a, b) for a, b in noise_segments]
     in_noise = in_episodes(beats.time_s, noise)
-    af = [e for name in np.unique(beats.record)
-          for e in af_episodes(beats.time_s[beats.record == name], rhythm_config, noise_segments)]
-    in_af = in_episodes(beats.time_s, af)
+    by_record = record_af_episodes(beats, rhythm_config, noise_segments, detector.signal, detector.beats)
+    af = [e for found in by_record.values() for e in found]
+    in_af = record_af_mask(beats, by_record)
     stretches = in_stretches(beats, longest_stretch_s)
     # the suggestion does not depend on the model: it runs on a second thread while the model scores
     # (torch's recurrent layers and numpy release the GIL while they compute), so two cores share the work

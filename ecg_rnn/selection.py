@@ -19,6 +19,7 @@ over its own weights, so the comparison is fair. DS2 is never read here: it is s
     python -m ecg_rnn.selection --out docs/evaluation            # everything, in one process
     python -m ecg_rnn.selection terms --candidate 0 --work DIR   # or: each model candidate's fold terms
     python -m ecg_rnn.selection report --work DIR --out docs/evaluation   # ...then the search and report
+    python -m ecg_rnn.selection masks --work DIR     # stored terms' AF masks after a rhythm-stage change
 """
 
 from __future__ import annotations
@@ -249,10 +250,27 @@ def fold_terms(det: RecurrentAEDetector, data: SelectionData, train_records: tup
                       rhythm_normals={"premature": premature, "pause": pause},
                       test=det.raw_terms(test_beats)[0], test_record=test_beats.record, test_aami=test_beats.aami,
                       test_other=det.raw_terms(other)[0])
+    set_af_masks(terms, held_beats, test_beats, masks)
+    return terms
+
+
+def set_af_masks(terms: FoldTerms, held_beats: Beats, test_beats: Beats, masks: dict[str, AfMask | None]) -> None:
+    """The AF masks of a fold's held-out and test beats, one per kind."""
     for kind, mask in masks.items():
         if mask is not None:
-            terms.af[f"{kind}.held"], terms.af[f"{kind}.test"] = mask(held_beats)[held_rows], mask(test_beats)
-    return terms
+            terms.af[f"{kind}.held"], terms.af[f"{kind}.test"] = mask(held_beats)[terms.held_rows], mask(test_beats)
+
+
+def refresh_af_masks(terms: dict[tuple[int, int], FoldTerms], data: SelectionData) -> None:
+    """Recompute the AF masks of stored fold terms with the rhythm stage as it is now (the masks depend on
+    the beats alone, not on the fold models, so no model is retrained)."""
+    masks = af_masks(data)
+    for t in terms.values():
+        held = data.beats.subset(np.isin(data.beats.record, np.unique(t.held_record)))
+        test = data.beats.subset(np.isin(data.beats.record, np.unique(t.test_record)))
+        if not (np.array_equal(held.record, t.held_record) and np.array_equal(test.record, t.test_record)):
+            raise ValueError("the stored fold terms do not match the selection data; recompute the terms")
+        set_af_masks(t, held, test, masks)
 
 
 def candidate_terms(data: SelectionData, candidate: Candidate, config: SelectionConfig, cache: Path | None,
@@ -571,7 +589,9 @@ REPRODUCE = (
     "```\n\n"
     "The fold models and terms behind the tables were computed with `--device cuda` on a lent H100 "
     "(5 candidates and 4 plain budgets as parallel processes, 5.5 minutes); the search and this report on "
-    "the CPU. Without a GPU the terms take about 10 minutes per small candidate on 2 CPU cores.")
+    "the CPU. Without a GPU the terms take about 10 minutes per small candidate on 2 CPU cores. The AF masks "
+    "stored with the terms were recomputed after the rhythm stage gained its atrial evidence "
+    "(`python -m ecg_rnn.selection masks`: the masks depend on the beats alone, not on the fold models).")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -681,7 +701,8 @@ def adaptation_speed(data: SelectionData, config: SelectionConfig) -> list[dict]
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ecg_rnn.selection", description=__doc__.split("\n\n")[0])
-    parser.add_argument("step", nargs="?", default="all", choices=("all", "data", "terms", "report", "plain", "speed"))
+    parser.add_argument("step", nargs="?", default="all",
+                        choices=("all", "data", "terms", "masks", "report", "plain", "speed"))
     parser.add_argument("--out", type=Path, default=Path("docs/evaluation"), help="folder of the reports")
     parser.add_argument("--work", type=Path, help="folder of the fold terms (default: cache/selection)")
     parser.add_argument("--data", type=Path, help="selection data file (.npz; `data` writes it) instead of MIT-BIH")
@@ -714,6 +735,13 @@ def main(argv: list[str] | None = None) -> int:
                  "rows": rows}
         (args.out / "plain-lstm.json").write_text(json.dumps(study, indent=2, default=float))
         plot_plain_histories(study, args.out / "plain-lstm-loss.png")
+        return 0
+    if args.step == "masks":  # the stored terms' AF masks after a change of the rhythm stage
+        for path in sorted(work.glob("terms-*.npz")):
+            terms = load_terms(path)
+            refresh_af_masks(terms, data)
+            save_terms(path, terms)
+            _say(f"AF masks refreshed in {path}", progress)
         return 0
     indices = [args.candidate] if args.step == "terms" else range(len(config.candidates))
     if args.step in ("all", "terms"):

@@ -1,4 +1,5 @@
-"""Rhythm stage: AF episodes from beat times on real MIT-BIH records (AF, ectopy, pauses, other rates)."""
+"""Rhythm stage: AF episodes from beat times (and the atrial activity before each QRS) on real MIT-BIH
+records (AF, ectopy, pauses, other rates)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ import numpy as np
 import pytest
 
 from ecg_rnn.errors import SignalError
-from ecg_rnn.rhythm import AF, Episode, RhythmConfig, af_episodes, in_episodes, rr_dispersion, rr_serial_correlation
-from ecg_rnn.signal import detect_r_peaks, resample
+from ecg_rnn.beats import BeatConfig, cut_windows
+from ecg_rnn.rhythm import (AF, Episode, RhythmConfig, af_episodes, atrial_similarity, in_episodes, pre_qrs_columns,
+                            pre_qrs_segments, rr_dispersion, rr_serial_correlation)
+from ecg_rnn.signal import SignalConfig, detect_r_peaks, preprocess, resample
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "ecg_rnn" / "samples" / "mitdb"
@@ -34,6 +37,15 @@ def _lead0(folder: Path, name: str, seconds: float | None = None) -> tuple[np.nd
 def _detected_times(folder: Path, name: str, seconds: float | None = None) -> np.ndarray:
     x, fs = _lead0(folder, name, seconds)
     return detect_r_peaks(x, fs) / fs
+
+
+def _detected_with_pre_qrs(folder: Path, name: str, seconds: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Detected R-peak times and their pre-QRS segments, from the pipeline signal as beats are cut."""
+    x, fs = _lead0(folder, name, seconds)
+    peaks = detect_r_peaks(x, fs)
+    fs_pipeline = SignalConfig().fs
+    segments = pre_qrs_segments(preprocess(x, fs), fs_pipeline, np.round(peaks * (fs_pipeline / fs)).astype(np.int64))
+    return peaks / fs, segments
 
 
 def _seconds_in(episodes: list[Episode], start: float, end: float) -> float:
@@ -124,3 +136,54 @@ def test_too_few_beats_give_no_episode_and_bad_input_raises():
         af_episodes(np.array([0.0, np.nan, 1.0]))
     with pytest.raises(ValueError, match="hold_dispersion"):
         RhythmConfig(enter_dispersion=0.05, hold_dispersion=0.1)
+
+
+def test_atrial_similarity_tells_af_from_sinus_and_nodal_rhythm_with_ectopy():
+    # record 201: AF until 378 s (fibrillatory waves), then nodal and sinus rhythm with premature beats
+    # until 477 s: irregular RR intervals, but the same P wave (or its absence) before every QRS
+    times, segments = _detected_with_pre_qrs(MITDB, "201", AF_EXCERPT_S)
+    similarity = atrial_similarity(segments)
+    assert len(similarity) == len(times) - 1
+    middle = times[1:]
+    assert np.median(similarity[middle < 370.0]) < 0.4
+    assert np.median(similarity[(middle > 385.0) & (middle < 470.0)]) > 0.8
+
+
+def test_atrial_evidence_stops_ectopy_being_taken_for_af():
+    times, segments = _detected_with_pre_qrs(MITDB, "201", AF_EXCERPT_S)
+    reference_s = sum(end - start for start, end in AF_201)
+
+    def true_and_false_s(episodes: list[Episode]) -> tuple[float, float]:
+        true_s = sum(_seconds_in(episodes, start, end) for start, end in AF_201)
+        return true_s, sum(e.duration_s for e in episodes) - true_s
+
+    rr_true, rr_false = true_and_false_s(af_episodes(times))
+    atrial_true, atrial_false = true_and_false_s(af_episodes(times, pre_qrs=segments))
+    assert rr_false > 60.0  # RR intervals alone take 201's ectopy for AF...
+    assert atrial_false < 15.0  # ...its repeatable P waves do not
+    assert atrial_true >= 0.9 * reference_s
+
+
+def test_pre_qrs_rows_follow_their_beats_whatever_the_order():
+    times, segments = _detected_with_pre_qrs(MITDB, "201", AF_EXCERPT_S)
+    shuffled = np.random.default_rng(0).permutation(len(times))
+    twice = np.r_[shuffled, shuffled[:50]]  # repeated beats count once
+    assert af_episodes(times[twice], pre_qrs=segments[twice]) == af_episodes(times, pre_qrs=segments)
+
+
+def test_pre_qrs_columns_of_cut_beats_are_the_pre_qrs_segments():
+    fs = SignalConfig().fs
+    x = np.random.default_rng(1).normal(size=2000).astype(np.float32)
+    centres = np.array([100, 500, 1500])
+    pre, post = BeatConfig().window_samples(fs)
+    columns = pre_qrs_columns(BeatConfig().pre_s, fs)
+    assert np.array_equal(cut_windows(x, centres, pre, post)[:, columns], pre_qrs_segments(x, fs, centres))
+    assert pre_qrs_columns(0.2, fs) is None  # windows too short for the segment: RR intervals alone
+
+
+def test_bad_pre_qrs_raises():
+    times = np.arange(40) * 0.8
+    with pytest.raises(SignalError, match="one row"):
+        af_episodes(times, pre_qrs=np.zeros((39, 20)))
+    with pytest.raises(SignalError, match="NaN"):
+        af_episodes(times, pre_qrs=np.full((40, 20), np.nan))

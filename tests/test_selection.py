@@ -16,7 +16,7 @@ from ecg_rnn.detector import (DEFAULT_ADAPTATION, DEFAULT_DISTANCE_WEIGHT, DEFAU
 from ecg_rnn.model import ModelConfig
 from ecg_rnn.protocols import DS1, build_beat_set
 from ecg_rnn.selection import (Candidate, SelectionData, af_masks, fold_detector, fold_terms, load_terms,
-                               record_folds, save_terms, score_fold)
+                               record_folds, refresh_af_masks, save_terms, score_fold)
 from ecg_rnn.train import TrainConfig
 from ecg_rnn.variants import OTHER_LEAD, variant_beat_set
 from local_data import SAMPLE_DIR
@@ -52,6 +52,10 @@ def test_fold_terms_rebuild_the_detectors_scores(data, tmp_path):
     terms = fold_terms(det, data, train_records, test_records, adaptation, masks)
     save_terms(tmp_path / "t.npz", {(0, 0): terms})
     terms = load_terms(tmp_path / "t.npz")[(0, 0)]
+    stored = {k: v.copy() for k, v in terms.af.items()}
+    terms.af = {k: ~v for k, v in stored.items()}  # as if an older rhythm stage had made them
+    refresh_af_masks({(0, 0): terms}, data)  # `selection masks` after a rhythm-stage change
+    assert stored.keys() == terms.af.keys() and all(np.array_equal(terms.af[k], v) for k, v in stored.items())
     det.set_params(adaptation=adaptation, distance_weight=0.5, rhythm_weight=1.0)
     context = data.beats.subset(np.isin(data.beats.record, train_records))
     held = np.isin(context.record, det.training_data_["heldout_records"])
