@@ -310,6 +310,8 @@ def record_af_episodes(beats: Beats, rhythm_config: RhythmConfig = RhythmConfig(
     where the beat windows (cut with these configs) reach before the P wave, the atrial evidence of the
     pre-QRS part of each window. The one way scoring, training and evaluation find AF."""
     atrial = pre_qrs_columns(beat_config.pre_s, signal_config.fs)
+    if atrial is not None and atrial.stop > beats.waves.shape[1]:  # windows narrower than the configs say
+        atrial = None
     episodes = {}
     for name in np.unique(beats.record):
         rows = beats.record == name

@@ -1,6 +1,7 @@
 """The anomaly detector: a recurrent autoencoder that sees the patient's own context, plus rhythm.
 
-Score of a beat (higher = more abnormal), every term a robust z-score, z(x) = (x - median) / (1.4826 * MAD):
+Score of a beat (higher = more abnormal), every term a robust z-score, z(x) = (x - location) / scale
+(median and a MAD-based scale; see Calibration below):
 
     score = z(log reconstruction MSE) + distance_weight * z(log template distance)
             + rhythm_weight * max(0, z(prematurity)) + pause_weight * max(0, z(pause))
@@ -44,8 +45,8 @@ from ecg_rnn import __version__
 from ecg_rnn.adapt import AdaptConfig, adapt
 from ecg_rnn.beats import BeatConfig, Beats
 from ecg_rnn.errors import CheckpointError
-from ecg_rnn.features import (MORPHOLOGY_TERMS, MSE_EPS, RHYTHM_TERMS, TERMS, ScoreWeights, beat_zscore,
-                              calibrate, combine, model_inputs, record_population, rhythm_terms,
+from ecg_rnn.features import (MORPHOLOGY_TERMS, MSE_EPS, RECORD_SCALES, RHYTHM_TERMS, TERMS, ScoreWeights,
+                              beat_zscore, calibrate, combine, model_inputs, record_population, rhythm_terms,
                               template_distances, zscores)
 from ecg_rnn.model import ModelConfig, RecurrentAutoencoder
 from ecg_rnn.protocols import heldout_mask
@@ -131,11 +132,14 @@ class RecurrentAEDetector:
             setattr(self, name, value)
         return self
 
-    def _check_window(self) -> None:
+    def _check_settings(self) -> None:
+        """What fit and load refuse before any work: a beat window unlike the model's, an unknown scale."""
         pre, post = self.beats.window_samples(self.signal.fs)
         if pre + post != self.model.window:
             raise ValueError(f"the beat window is {pre + post} samples at {self.signal.fs:g} Hz but the model "
                              f"expects {self.model.window}")
+        if self.record_scale not in RECORD_SCALES:
+            raise ValueError(f"record_scale must be one of {', '.join(RECORD_SCALES)}, not {self.record_scale!r}")
 
     def _inputs(self, beats: Beats, context: Beats | None) -> dict[str, np.ndarray]:
         return model_inputs(beats, self.model.window, per_beat_norm=self.model.input_norm == "beat",
@@ -170,7 +174,7 @@ class RecurrentAEDetector:
         held_out = _normal_beats(held_out)
         if len(held_out) < MIN_FIT_BEATS:
             raise ValueError(f"need at least {MIN_FIT_BEATS} held-out normal beats, got {len(held_out)}")
-        self._check_window()
+        self._check_settings()
         with private_torch_state(self.training.seed, self.training.threads):  # the initial weights
             self.model_ = RecurrentAutoencoder(self.model)
         self.history_ = fit_autoencoder(self.model_, self._inputs(fit_part, context), self._inputs(held_out, context),
@@ -385,7 +389,7 @@ class RecurrentAEDetector:
                       # detectors saved before the choice existed took the scale from all beats
                       record_scale=str(det_meta.get("record_scale", "all_beats")),
                       adaptation=AdaptConfig(**det_meta["adaptation"]))
-            det._check_window()
+            det._check_settings()
             model = RecurrentAutoencoder(det.model)
             state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
             model.load_state_dict(state, strict=True)

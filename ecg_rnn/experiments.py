@@ -26,7 +26,7 @@ from ecg_rnn.baselines import PCA_COMPONENTS, FeatureBaseline, TemplateRRBaselin
 from ecg_rnn.beats import Beats, record_af_episodes, record_af_mask
 from ecg_rnn.detector import DEFAULT_MODEL_CONFIG, DEFAULT_TRAIN_CONFIG, AfMask, RecurrentAEDetector
 from ecg_rnn.errors import DataNotFoundError
-from ecg_rnn.features import record_population, robust_location_scale
+from ecg_rnn.features import RECORD_SCALE_LABELS, record_population, robust_location_scale
 from ecg_rnn.metrics import aggregate, evaluate_detector
 from ecg_rnn.model import ModelConfig, RecurrentAutoencoder
 from ecg_rnn.protocols import ALL_RECORDS, DS1, build_beat_set, inter_patient, locate_mitdb, protocol_splits
@@ -51,7 +51,8 @@ def _say(msg: str, progress: bool = True) -> None:
 
 def detected_af_mask(beats: Beats) -> np.ndarray:
     """True inside the AF episodes the rhythm stage finds in each record (beats of whole records, cut
-    with the default configs, as every protocol cuts them): what `ecg-rnn score` feeds the detector."""
+    with the default signal and beat configs, those of every shipped detector): what `ecg-rnn score`
+    feeds such a detector."""
     return record_af_mask(beats, record_af_episodes(beats))
 
 
@@ -148,8 +149,8 @@ def _methods(detector, protocol: str, beats: Beats, tc: TrainConfig, tc_plain: T
     """(name, factory(split) -> fitted object with score_samples / threshold_) of every compared method."""
     mc = detector.model
     settings = {name: getattr(detector, name) for name in ("threshold_percentile", "rhythm_weight", "pause_weight",
-                                                           "distance_weight", "calibrate_per_record", "adaptation",
-                                                           "signal", "beats")}
+                                                           "distance_weight", "calibrate_per_record", "record_scale",
+                                                           "adaptation", "signal", "beats")}
 
     def learned(config, training=tc, **over):
         def make(split):
@@ -340,8 +341,9 @@ def append_card_notes(path: Path, det: RecurrentAEDetector) -> None:
     adaptation = ("none" if a.steps == 0 else f"{a.steps} Adam steps (lr {a.lr:g}, {a.batch_size} beats each) on "
                   f"the {100 * a.typical_share:g} % of the recording's beats nearest its template, before scoring it")
     notes = [f"Template-distance term: + {det.distance_weight:g} * z(log distance to the record's median beat).",
-             "Calibration of the morphology terms: " + ("per record (the recording's own median / MAD)."
-                                                        if det.calibrate_per_record else "on the training data."),
+             "Calibration of the morphology terms: " + (
+                 f"per record (the recording's own median, {RECORD_SCALE_LABELS[det.record_scale]})."
+                 if det.calibrate_per_record else "on the training data."),
              f"Patient adaptation: {adaptation}.", "Rhythm terms add nothing inside atrial fibrillation (`in_af`).",
              "Every setting was selected by 5-fold cross-validation by record inside DS1 "
              "(docs/evaluation/selection.md); DS2 was scored once, after.", ""]

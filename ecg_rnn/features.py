@@ -25,7 +25,7 @@ MSE_EPS = 1e-4  # floor of a squared error before its log (about the float noise
 MAD_TO_SIGMA = 1.4826  # median absolute deviation -> standard deviation of a normal distribution
 MIN_SCALE = 1e-6  # floor of a robust scale or a beat's standard deviation
 RR_REFERENCE_PERCENTILE = 90.0
-# a record's own median / MAD weigh n / (n + this) against the training calibration: a 10-beat strip
+# a record's own location and scale weigh n / (n + this) against the training calibration: a 10-beat strip
 # leans on the training data, a half-hour record (2,000 beats) on itself
 RECORD_PRIOR_BEATS = 50
 MORPHOLOGY_TERMS = ("recon", "distance")  # how the beat's shape differs: calibrated per record
@@ -112,6 +112,7 @@ def lower_half_location_scale(x: np.ndarray) -> tuple[float, float]:
 
 
 RECORD_SCALES = {"lower_half": lower_half_location_scale, "all_beats": robust_location_scale}
+RECORD_SCALE_LABELS = {"lower_half": "scale from the lower half of its beats", "all_beats": "scale from all its beats"}
 
 
 def calibrate(raw: dict[str, np.ndarray], terms=TERMS) -> dict[str, list[float]]:

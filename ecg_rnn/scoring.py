@@ -92,8 +92,9 @@ def score_beats(detector: RecurrentAEDetector, beats: Beats, has_reference: bool
                 rhythm_config: RhythmConfig = RhythmConfig(),
                 longest_stretch_s: float = LONGEST_STRETCH_S) -> ScoredBeats:
     """Everything scoring says about the beats of whole records: AF episodes from the rhythm stage
-    (outside noise; the beats' pre-QRS samples add the atrial evidence when their windows hold them), scores (inside AF by morphology: a short RR there is the rhythm, not ectopy),
-    percentiles among held-out normals, flags (never inside noise) and suggested classes. Recordings longer
+    (outside noise; the beats' pre-QRS samples add the atrial evidence when their windows hold them),
+    scores (inside AF by morphology: a short RR there is the rhythm, not ectopy), percentiles among
+    held-out normals, flags (never inside noise) and suggested classes. Recordings longer
     than longest_stretch_s take their per-record statistics per stretch (in_stretches)."""
     noise = [Episode(NOISE_QUALITY, a, b) for a, b in noise_segments]
     in_noise = in_episodes(beats.time_s, noise)

@@ -43,8 +43,8 @@ from ecg_rnn.baselines import plain_lstm_config
 from ecg_rnn.beats import ABNORMAL_CLASSES, Beats
 from ecg_rnn.detector import AfMask, RecurrentAEDetector
 from ecg_rnn.experiments import AF_MASKS, detected_af_mask, reference_af_mask
-from ecg_rnn.features import (MORPHOLOGY_TERMS, RECORD_SCALES, RHYTHM_TERMS, ScoreWeights, beat_keys, calibrate,
-                              combine, model_inputs, record_population, rhythm_terms, zscores)
+from ecg_rnn.features import (MORPHOLOGY_TERMS, RECORD_SCALE_LABELS, RECORD_SCALES, RHYTHM_TERMS, ScoreWeights,
+                              beat_keys, calibrate, combine, model_inputs, record_population, rhythm_terms, zscores)
 from ecg_rnn.metrics import evaluate_detector
 from ecg_rnn.model import ModelConfig, RecurrentAutoencoder
 from ecg_rnn.protocols import DS1, build_beat_set, heldout_mask, locate_mitdb
@@ -60,8 +60,7 @@ OTHER_SUFFIX = "~other"  # record names of other-lead beats in a training set (t
 # training data ("training": calibrate_per_record off)
 TRAINING_CALIBRATION = "training"
 CALIBRATIONS = (*RECORD_SCALES, TRAINING_CALIBRATION)
-CALIBRATION_LABELS = {"lower_half": "per record, scale from the lower half of its beats",
-                      "all_beats": "per record, scale from all its beats",
+CALIBRATION_LABELS = {**{k: f"per record, {v}" for k, v in RECORD_SCALE_LABELS.items()},
                       TRAINING_CALIBRATION: "on the training data"}
 
 

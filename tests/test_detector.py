@@ -256,3 +256,37 @@ def test_shipped_default_loads_and_separates_ectopic_beats(default_detector):
         both = np.isin(beats.aami, ("N", cls))
         auc = roc_auc_score(beats.aami[both] == cls, scores[both])
         assert auc >= bound, f"{record}: {cls} vs N ROC-AUC {auc:.3f}"
+
+
+def test_a_checkpoint_saved_before_record_scale_keeps_its_scale(det, beats208, tmp_path):
+    """Detectors saved before the scale was a choice took it from all of a record's beats: loading one
+    keeps that, so its scores and threshold stay what they were; an unknown scale is refused at load."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+    from ecg_rnn.detector import _digest
+
+    det.save(tmp_path / "new.safetensors")
+    tensors = load_file(str(tmp_path / "new.safetensors"))
+    with safe_open(str(tmp_path / "new.safetensors"), "pt") as f:
+        meta = f.metadata()
+
+    def saved_with(record_scale, name):
+        settings = json.loads(meta["detector"])
+        settings.pop("record_scale")
+        if record_scale is not None:
+            settings["record_scale"] = record_scale
+        changed = {**{k: v for k, v in meta.items() if k != "digest"}, "detector": json.dumps(settings, sort_keys=True)}
+        save_file(tensors, str(tmp_path / name), metadata={**changed, "digest": _digest(changed, tensors)})
+        return tmp_path / name
+
+    old = RecurrentAEDetector.load(saved_with(None, "old.safetensors"))
+    assert old.record_scale == "all_beats" != det.record_scale
+    twin = copy.copy(det).set_params(record_scale="all_beats")
+    np.testing.assert_allclose(old.score_samples(beats208), twin.score_samples(beats208), atol=1e-6)
+    with pytest.raises(CheckpointError, match="record_scale"):
+        RecurrentAEDetector.load(saved_with("upper_half", "bad.safetensors"))
+
+
+def test_an_unknown_record_scale_is_refused_before_training(beats208):
+    with pytest.raises(ValueError, match="record_scale must be one of"):
+        RecurrentAEDetector(record_scale="upper_half").fit(beats208)

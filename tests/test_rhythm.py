@@ -187,3 +187,15 @@ def test_bad_pre_qrs_raises():
         af_episodes(times, pre_qrs=np.zeros((39, 20)))
     with pytest.raises(SignalError, match="NaN"):
         af_episodes(times, pre_qrs=np.full((40, 20), np.nan))
+
+
+def test_a_flat_or_noisy_lead_before_the_qrs_is_no_evidence_of_af():
+    """Record 214 (no AF): an electrode-off (flat) or noise-covered lead correlates with nothing before
+    the QRS, as fibrillatory waves do; it must leave the decision to the RR intervals, not open the gate
+    and lower the levels (which took over 600 s of 214 for AF)."""
+    times, segments = _detected_with_pre_qrs(MITDB, "214")
+    rr_only = af_episodes(times)
+    noise = np.random.default_rng(0).normal(size=segments.shape).astype(np.float32)
+    assert af_episodes(times, pre_qrs=np.zeros_like(segments)) == rr_only
+    assert af_episodes(times, pre_qrs=noise) == rr_only
+    assert sum(e.duration_s for e in af_episodes(times, pre_qrs=segments)) <= sum(e.duration_s for e in rr_only)
