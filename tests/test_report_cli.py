@@ -47,10 +47,9 @@ def test_report_names_ventricular_ectopy_with_the_scored_count(tmp_path):
 
 
 def test_report_of_an_af_record_states_its_af_burden(tmp_path):
-    """The report states the rhythm stage's AF burden, and that burden covers the reference AF of 201.
-    It also holds false AF (trigeminy and blocked atrial premature beats read as AF: +P on 201 is about
-    0.7, see docs/evaluation/rhythm.md), so the burden is checked from below against the reference and
-    exactly against the rhythm stage."""
+    """The report states the rhythm stage's AF burden, exactly, and on 201 that burden is the reference's
+    within 5 points (31.7 % against 33.6 %: with the atrial evidence, 201's trigeminy and blocked atrial
+    premature beats are no longer read as AF, see docs/evaluation/rhythm.md)."""
     record = mitdb_record("201")
     assert cli.main(["report", str(record), "--out", str(tmp_path / "201.pdf")]) == 0
     burden = float(_value_after(_pdf_text(tmp_path / "201.pdf"), "AF burden").rstrip("%")) / 100
@@ -63,7 +62,7 @@ def test_report_of_an_af_record_states_its_af_burden(tmp_path):
     in_af, total = 0, wfdb.rdheader(str(record)).sig_len
     for (start, aux), (end, _) in zip(rhythm, rhythm[1:] + [(total, "")]):
         in_af += (end - start) if aux.strip("\x00") in ("(AFIB", "(AFL") else 0
-    assert 0.3 < in_af / total < burden + 0.02, (burden, in_af / total)
+    assert 0.3 < in_af / total and abs(burden - in_af / total) < 0.05, (burden, in_af / total)
 
 
 @pytest.mark.parametrize("name", ["report.docx", "report"])
