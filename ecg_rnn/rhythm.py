@@ -30,7 +30,9 @@ atrial premature beats). When af_episodes is given these pre-QRS segments, each 
 similarity* is the median correlation of its beats' segments with their median segment, windows at
 or above max_atrial_similarity are not AF, and, with that evidence guarding against ectopy, the
 dispersion levels atrial_enter_dispersion / atrial_hold_dispersion (lower than the RR-only ones)
-apply. Without segments the stage works on RR intervals alone, exactly as described above.
+apply. Without segments the stage works on RR intervals alone, exactly as described above, and so it
+does in windows whose segments are flat or rough (a lead off or covered in noise correlates with
+nothing, as fibrillatory waves do, so there the segments say nothing about the atria: _readable).
 
 Parameters were selected by leave-one-record-out over all 48 MIT-BIH records, separately with and
 without the atrial evidence; a DS1-only selection (two AF records) did not carry over to DS2
