@@ -45,8 +45,9 @@ from ecg_rnn import __version__
 from ecg_rnn.adapt import AdaptConfig, adapt
 from ecg_rnn.beats import BeatConfig, Beats
 from ecg_rnn.errors import CheckpointError
-from ecg_rnn.features import (MORPHOLOGY_TERMS, MSE_EPS, RECORD_SCALES, RHYTHM_TERMS, TERMS, ScoreWeights,
-                              beat_zscore, calibrate, combine, model_inputs, record_population, rhythm_terms,
+from ecg_rnn.features import (DEFAULT_RECORD_SCALE, MORPHOLOGY_TERMS, MSE_EPS, RHYTHM_TERMS, TERMS, ScoreWeights,
+                              beat_zscore, calibrate, check_record_scale, combine, model_inputs, record_population,
+                              rhythm_terms,
                               template_distances, zscores)
 from ecg_rnn.model import ModelConfig, RecurrentAutoencoder
 from ecg_rnn.protocols import heldout_mask
@@ -68,7 +69,6 @@ DEFAULT_RHYTHM_WEIGHT = 2.0
 DEFAULT_PAUSE_WEIGHT = 0.3
 DEFAULT_DISTANCE_WEIGHT = 2.0
 DEFAULT_CALIBRATE_PER_RECORD = True
-DEFAULT_RECORD_SCALE = "lower_half"
 MIN_FIT_BEATS = 10
 
 # An AF mask for the beats of whole records (True inside atrial fibrillation / flutter), as the rhythm
@@ -138,8 +138,7 @@ class RecurrentAEDetector:
         if pre + post != self.model.window:
             raise ValueError(f"the beat window is {pre + post} samples at {self.signal.fs:g} Hz but the model "
                              f"expects {self.model.window}")
-        if self.record_scale not in RECORD_SCALES:
-            raise ValueError(f"record_scale must be one of {', '.join(RECORD_SCALES)}, not {self.record_scale!r}")
+        check_record_scale(self.record_scale)
 
     def _inputs(self, beats: Beats, context: Beats | None) -> dict[str, np.ndarray]:
         return model_inputs(beats, self.model.window, per_beat_norm=self.model.input_norm == "beat",

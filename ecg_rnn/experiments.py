@@ -346,7 +346,7 @@ def append_card_notes(path: Path, det: RecurrentAEDetector) -> None:
                  if det.calibrate_per_record else "on the training data."),
              f"Patient adaptation: {adaptation}.", "Rhythm terms add nothing inside atrial fibrillation (`in_af`).",
              "Every setting was selected by 5-fold cross-validation by record inside DS1 "
-             "(docs/evaluation/selection.md); DS2 was scored once, after.", ""]
+             "(docs/evaluation/selection.md); DS2 was scored after it (docs/evaluation/README.md says how often).", ""]
     card = path.with_suffix(".md")
     card.write_text(card.read_text() + "\n" + "\n".join(notes))
 

@@ -113,6 +113,12 @@ def lower_half_location_scale(x: np.ndarray) -> tuple[float, float]:
 
 RECORD_SCALES = {"lower_half": lower_half_location_scale, "all_beats": robust_location_scale}
 RECORD_SCALE_LABELS = {"lower_half": "scale from the lower half of its beats", "all_beats": "scale from all its beats"}
+DEFAULT_RECORD_SCALE = "lower_half"  # selected by cross-validation inside DS1 (docs/evaluation/selection.md)
+
+
+def check_record_scale(record_scale: str) -> None:
+    if record_scale not in RECORD_SCALES:
+        raise ValueError(f"record_scale must be one of {', '.join(RECORD_SCALES)}, not {record_scale!r}")
 
 
 def calibrate(raw: dict[str, np.ndarray], terms=TERMS) -> dict[str, list[float]]:
@@ -133,13 +139,12 @@ def _record_location_scale(x: np.ndarray, record: np.ndarray, prior: tuple[float
 
 
 def zscores(raw: dict[str, np.ndarray], record: np.ndarray, calibration: dict[str, list[float]],
-            per_record: bool = True, record_scale: str = "lower_half") -> dict[str, np.ndarray]:
+            per_record: bool = True, record_scale: str = DEFAULT_RECORD_SCALE) -> dict[str, np.ndarray]:
     """Robust z-score of every term. raw: the terms of *whole records* (with per_record, each record's
     beats are the reference of its morphology terms, their scale taken as record_scale says: one of
     RECORD_SCALES); calibration: [median, scale] of each term on normal training beats (the reference of
     the rhythm terms, and of short records' morphology)."""
-    if record_scale not in RECORD_SCALES:
-        raise ValueError(f"record_scale must be one of {', '.join(RECORD_SCALES)}, not {record_scale!r}")
+    check_record_scale(record_scale)
     z = {}
     for k in TERMS:
         x = np.asarray(raw[k], dtype=np.float64)

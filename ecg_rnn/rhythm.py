@@ -132,12 +132,19 @@ def in_episodes(times_s: np.ndarray, episodes: Sequence[Episode]) -> np.ndarray:
     return (k >= 0) & (times < ends[np.maximum(k, 0)])
 
 
+def _pre_qrs_samples(fs: float) -> tuple[int, int] | None:
+    """PRE_QRS_S in samples before the R-peak at fs Hz; None when fs leaves fewer than 3 samples."""
+    start, stop = (int(round(s * fs)) for s in PRE_QRS_S)
+    return (start, stop) if start - stop >= 3 else None
+
+
 def pre_qrs_segments(x: np.ndarray, fs: float, r_samples: np.ndarray) -> np.ndarray:
     """The segments of x over PRE_QRS_S before each R-peak sample (beats too near the start repeat
     the first sample), one row per beat: the pre_qrs input of af_episodes."""
-    start, stop = (int(round(s * fs)) for s in PRE_QRS_S)
-    if start - stop < 3:
+    span = _pre_qrs_samples(fs)
+    if span is None:
         raise SignalError(f"{fs:g} Hz leaves fewer than 3 samples before the QRS for the atrial evidence")
+    start, stop = span
     index = np.asarray(r_samples, dtype=np.int64)[:, None] + np.arange(-start, -stop)
     return np.asarray(x, dtype=np.float32)[np.clip(index, 0, len(x) - 1)]
 
@@ -146,9 +153,8 @@ def pre_qrs_columns(window_pre_s: float, fs: float) -> slice | None:
     """The columns holding the PRE_QRS_S segment in beat windows cut from window_pre_s before the
     R-peak at fs Hz (rounded as beat windows are); None when the windows start too late to hold it
     or fs leaves fewer than 3 samples (the stage then works on RR intervals alone)."""
-    pre = int(round(window_pre_s * fs))
-    start, stop = (int(round(s * fs)) for s in PRE_QRS_S)
-    return slice(pre - start, pre - stop) if start <= pre and start - stop >= 3 else None
+    pre, span = int(round(window_pre_s * fs)), _pre_qrs_samples(fs)
+    return slice(pre - span[0], pre - span[1]) if span is not None and span[0] <= pre else None
 
 
 def rr_dispersion(rr_s: np.ndarray, config: RhythmConfig = RhythmConfig()) -> np.ndarray:

@@ -5,8 +5,8 @@ read from disk a chunk at a time, so a 24-hour Holter stays within bounded memor
 cuts its beats from R-peaks fused over every ECG lead and finds the stretches where every lead is noise,
 the rhythm stage finds AF episodes (from the beat times and the pre-QRS part of each beat's window),
 one forward pass of the detector scores the beats (inside AF by morphology) and the suggest stage
-gives each a class. What a recording becomes on disk (CSV, events,
-WFDB annotations, report) is ecg_rnn.outputs; many recordings are ecg_rnn.bulk.
+gives each a class. What a recording becomes on disk (CSV, events, WFDB annotations, report) is
+ecg_rnn.outputs; many recordings are ecg_rnn.bulk.
 """
 
 from __future__ import annotations

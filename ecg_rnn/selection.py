@@ -43,8 +43,9 @@ from ecg_rnn.baselines import plain_lstm_config
 from ecg_rnn.beats import ABNORMAL_CLASSES, Beats
 from ecg_rnn.detector import AfMask, RecurrentAEDetector
 from ecg_rnn.experiments import AF_MASKS, detected_af_mask, reference_af_mask
-from ecg_rnn.features import (MORPHOLOGY_TERMS, RECORD_SCALE_LABELS, RECORD_SCALES, RHYTHM_TERMS, ScoreWeights,
-                              beat_keys, calibrate, combine, model_inputs, record_population, rhythm_terms, zscores)
+from ecg_rnn.features import (DEFAULT_RECORD_SCALE, MORPHOLOGY_TERMS, RECORD_SCALE_LABELS, RECORD_SCALES,
+                              RHYTHM_TERMS, ScoreWeights, beat_keys, calibrate, combine, model_inputs,
+                              record_population, rhythm_terms, zscores)
 from ecg_rnn.metrics import evaluate_detector
 from ecg_rnn.model import ModelConfig, RecurrentAutoencoder
 from ecg_rnn.protocols import DS1, build_beat_set, heldout_mask, locate_mitdb
@@ -67,7 +68,7 @@ CALIBRATION_LABELS = {**{k: f"per record, {v}" for k, v in RECORD_SCALE_LABELS.i
 def calibration_params(calibration: str) -> dict:
     """The detector's (and the no-learning score's) parameters for one calibration."""
     per_record = calibration != TRAINING_CALIBRATION
-    return {"calibrate_per_record": per_record, "record_scale": calibration if per_record else "lower_half"}
+    return {"calibrate_per_record": per_record, "record_scale": calibration if per_record else DEFAULT_RECORD_SCALE}
 
 
 @dataclass(frozen=True)
