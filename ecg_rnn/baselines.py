@@ -13,7 +13,7 @@ import numpy as np
 
 from ecg_rnn.beats import Beats
 from ecg_rnn.features import (MORPHOLOGY_TERMS, RHYTHM_TERMS, ScoreWeights, beat_zscore, calibrate, combine,
-                              record_population, record_rr_reference, rhythm_terms, template_distances, zscores)
+                              record_population, rhythm_terms, rr_reference, template_distances, zscores)
 from ecg_rnn.model import ModelConfig
 from ecg_rnn.protocols import heldout_mask
 
@@ -27,6 +27,7 @@ FEATURE_KINDS = ("pca", "pca-z", "iforest")
 TEMPLATE_RR_WEIGHTS = ScoreWeights(recon=0.0, distance=1.0, premature=0.5, pause=0.1)  # per-record calibration
 TEMPLATE_RR_PERCENTILE = 95.0
 TEMPLATE_RR_RECORD_SCALE = "lower_half"
+TEMPLATE_RR_REFERENCE_BEATS = 128
 
 
 class FeatureBaseline:
@@ -69,18 +70,16 @@ class TemplateRRBaseline:
     as the detector calibrates (morphology per record, rhythm on normal training beats)."""
 
     def __init__(self, weights: ScoreWeights = TEMPLATE_RR_WEIGHTS, calibrate_per_record: bool = True,
-                 threshold_percentile: float = TEMPLATE_RR_PERCENTILE, record_scale: str = TEMPLATE_RR_RECORD_SCALE):
+                 threshold_percentile: float = TEMPLATE_RR_PERCENTILE, record_scale: str = TEMPLATE_RR_RECORD_SCALE,
+                 rr_reference_beats: int = TEMPLATE_RR_REFERENCE_BEATS):
         self.weights = weights
         self.calibrate_per_record = calibrate_per_record
         self.record_scale = record_scale
         self.threshold_percentile = threshold_percentile
+        self.rr_reference_beats = rr_reference_beats
 
-    @staticmethod
-    def _raw(population: Beats) -> dict[str, np.ndarray]:
-        rr_ref = np.zeros(len(population))
-        for name, ref in record_rr_reference(population).items():
-            rr_ref[population.record == name] = ref
-        premature, pause = rhythm_terms(population.rr, rr_ref)
+    def _raw(self, population: Beats) -> dict[str, np.ndarray]:
+        premature, pause = rhythm_terms(population.rr, rr_reference(population, window_beats=self.rr_reference_beats))
         return {"recon": np.zeros(len(population)), "distance": template_distances(population),
                 "premature": premature, "pause": pause}
 

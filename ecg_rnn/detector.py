@@ -10,8 +10,10 @@ Score of a beat (higher = more abnormal), every term a robust z-score, z(x) = (x
   (median) beat and the beat's RR context (see ecg_rnn.model). With `adaptation` (ecg_rnn.adapt) the
   autoencoder is first fine-tuned on the recording's own typical beats, without labels;
 - template distance: the beat's mean squared difference from the record's template beat;
-- prematurity = -log(rr_prev / RR90), RR90 = the 90th percentile of the record's RR intervals (its
-  slow, undisturbed cycles; robust to frequent ectopy, where a local median is not);
+- prematurity = -log(rr_prev / RR90), RR90 = the 90th percentile of the RR intervals of the
+  `rr_reference_beats` beats of the record around the beat (its slow, undisturbed cycles of the last few
+  minutes: robust to frequent ectopy, where a local median is not, and following heart-rate changes,
+  which one RR90 for the whole record does not);
 - pause = log(rr_next_ratio): compensatory pause after the beat.
 Rhythm terms only add evidence (clipped at 0): a late beat does not make a deformed beat normal; inside
 atrial fibrillation (`in_af`) they add nothing, since a short RR there is the rhythm, not ectopy.
@@ -25,7 +27,7 @@ of the scores of held-out normal beats (records the autoencoder never trained on
 new recording is), so about (100 - threshold_percentile) % of normal beats of unseen patients are
 flagged. `percentile(scores)` is each score's rank among those held-out normal scores (0..100).
 
-Every per-record quantity (template, RR90, record calibration, adaptation) comes from all beats of the
+Every per-record quantity (template, local RR90, record calibration, adaptation) comes from all beats of the
 record: the beats passed in, or `context=` beats (all beats of the same records) when the scored beats
 are only part of their records.
 """
@@ -45,10 +47,9 @@ from ecg_rnn import __version__
 from ecg_rnn.adapt import AdaptConfig, adapt
 from ecg_rnn.beats import BeatConfig, Beats
 from ecg_rnn.errors import CheckpointError
-from ecg_rnn.features import (DEFAULT_RECORD_SCALE, MORPHOLOGY_TERMS, MSE_EPS, RHYTHM_TERMS, TERMS, ScoreWeights,
+from ecg_rnn.features import (DEFAULT_RECORD_SCALE, DEFAULT_RR_REFERENCE_BEATS, MORPHOLOGY_TERMS, MSE_EPS, RHYTHM_TERMS, TERMS, ScoreWeights,
                               beat_zscore, calibrate, check_record_scale, combine, model_inputs, record_population,
-                              rhythm_terms,
-                              template_distances, zscores)
+                              rhythm_terms, rr_reference, template_distances, zscores)
 from ecg_rnn.model import ModelConfig, RecurrentAutoencoder
 from ecg_rnn.protocols import heldout_mask
 from ecg_rnn.signal import SignalConfig
@@ -65,7 +66,7 @@ DEFAULT_MODEL_CONFIG = ModelConfig(hidden_size=32, latent_size=16, step_samples=
 DEFAULT_TRAIN_CONFIG = TrainConfig()
 DEFAULT_ADAPTATION = AdaptConfig(steps=10, lr=3e-3)
 DEFAULT_THRESHOLD_PERCENTILE = 95.0
-DEFAULT_RHYTHM_WEIGHT = 2.0
+DEFAULT_RHYTHM_WEIGHT = 1.5
 DEFAULT_PAUSE_WEIGHT = 0.3
 DEFAULT_DISTANCE_WEIGHT = 2.0
 DEFAULT_CALIBRATE_PER_RECORD = True
@@ -81,7 +82,7 @@ AfMask = Callable[[Beats], np.ndarray]
 
 
 PARAMS = ("model", "training", "signal", "beats", "threshold_percentile", "rhythm_weight", "pause_weight",
-          "distance_weight", "calibrate_per_record", "record_scale", "adaptation")
+          "distance_weight", "calibrate_per_record", "record_scale", "adaptation", "rr_reference_beats")
 
 
 @dataclass
@@ -107,7 +108,8 @@ class RecurrentAEDetector:
                  distance_weight: float = DEFAULT_DISTANCE_WEIGHT,
                  calibrate_per_record: bool = DEFAULT_CALIBRATE_PER_RECORD,
                  record_scale: str = DEFAULT_RECORD_SCALE,
-                 adaptation: AdaptConfig = DEFAULT_ADAPTATION):
+                 adaptation: AdaptConfig = DEFAULT_ADAPTATION,
+                 rr_reference_beats: int = DEFAULT_RR_REFERENCE_BEATS):
         # stored as given (scikit-learn convention: get_params / clone); checked in fit and load
         self.model = model
         self.training = training
@@ -120,6 +122,7 @@ class RecurrentAEDetector:
         self.calibrate_per_record = calibrate_per_record
         self.record_scale = record_scale
         self.adaptation = adaptation
+        self.rr_reference_beats = rr_reference_beats
 
     def get_params(self, deep: bool = False) -> dict:
         return {name: getattr(self, name) for name in PARAMS}
@@ -133,12 +136,16 @@ class RecurrentAEDetector:
         return self
 
     def _check_settings(self) -> None:
-        """What fit and load refuse before any work: a beat window unlike the model's, an unknown scale."""
+        """What fit and load refuse before any work: a beat window unlike the model's, an unknown scale, a
+        negative RR90 window."""
         pre, post = self.beats.window_samples(self.signal.fs)
         if pre + post != self.model.window:
             raise ValueError(f"the beat window is {pre + post} samples at {self.signal.fs:g} Hz but the model "
                              f"expects {self.model.window}")
         check_record_scale(self.record_scale)
+        if int(self.rr_reference_beats) != self.rr_reference_beats or self.rr_reference_beats < 0:
+            raise ValueError(f"rr_reference_beats must be a whole number of beats >= 0 (0: the whole record), "
+                             f"not {self.rr_reference_beats!r}")
 
     def _inputs(self, beats: Beats, context: Beats | None) -> dict[str, np.ndarray]:
         return model_inputs(beats, self.model.window, per_beat_norm=self.model.input_norm == "beat",
@@ -196,8 +203,7 @@ class RecurrentAEDetector:
         population, rows = record_population(held_out, context)
         raw = self.raw_terms(population)[0]
         normals = Beats.concat([fit_part, held_out])
-        rr_ref = self._inputs(normals, context)["rr_ref"]
-        premature, pause = rhythm_terms(normals.rr, rr_ref)
+        premature, pause = rhythm_terms(normals.rr, rr_reference(normals, context, self.rr_reference_beats))
         self.calibration_ = {**calibrate({k: raw[k][rows] for k in MORPHOLOGY_TERMS}, MORPHOLOGY_TERMS),
                              **calibrate({"premature": premature, "pause": pause}, RHYTHM_TERMS)}
         in_af = af_mask(population)[rows] if af_mask is not None else None
@@ -262,7 +268,7 @@ class RecurrentAEDetector:
                     self._forward(tuned, part, out=(mse[rows], recon[rows], codes[rows]))
                 else:
                     mse[rows], recon[rows], codes[rows] = self._forward(tuned, part)
-        premature, pause = rhythm_terms(population.rr, inputs["rr_ref"])
+        premature, pause = rhythm_terms(population.rr, rr_reference(population, window_beats=self.rr_reference_beats))
         raw = {"recon": np.log(mse.astype(np.float64) + MSE_EPS), "distance": distance,
                "premature": premature, "pause": pause}
         return raw, recon, codes
@@ -332,6 +338,7 @@ class RecurrentAEDetector:
                                     "pause_weight": self.pause_weight, "distance_weight": self.distance_weight,
                                     "calibrate_per_record": self.calibrate_per_record,
                                     "record_scale": self.record_scale,
+                                    "rr_reference_beats": self.rr_reference_beats,
                                     "adaptation": self.adaptation.to_dict(),
                                     "calibration": self.calibration_, "components": list(COMPONENTS)},
                                    sort_keys=True),
@@ -385,9 +392,11 @@ class RecurrentAEDetector:
                       pause_weight=float(det_meta["pause_weight"]),
                       distance_weight=float(det_meta["distance_weight"]),
                       calibrate_per_record=bool(det_meta["calibrate_per_record"]),
-                      # detectors saved before the choice existed took the scale from all beats
+                      adaptation=AdaptConfig(**det_meta["adaptation"]),
+                      # detectors saved before these choices existed took the scale from all beats and
+                      # RR90 from the whole record
                       record_scale=str(det_meta.get("record_scale", "all_beats")),
-                      adaptation=AdaptConfig(**det_meta["adaptation"]))
+                      rr_reference_beats=int(det_meta.get("rr_reference_beats", 0)))
             det._check_settings()
             model = RecurrentAutoencoder(det.model)
             state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}

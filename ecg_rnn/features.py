@@ -1,8 +1,8 @@
 """Features stage: what the model and the score see of a beat besides its waveform.
 
-Per record: the template (median) beat and RR90 (the 90th percentile of its RR intervals). Per beat:
-log RR ratios for the model, the template distance, and the two rhythm terms of the anomaly score
-(prematurity against RR90, compensatory pause). Then how terms become a score: every term is a robust
+Per record: the template (median) beat. Per beat: log RR ratios for the model, the template distance,
+the local RR90 (the 90th percentile of the RR intervals of the beats around it) and the two rhythm terms
+of the anomaly score (prematurity against the local RR90, compensatory pause). Then how terms become a score: every term is a robust
 z-score, the morphology terms (reconstruction error, template distance) against the recording's own
 beats (per-record calibration: the threshold's promise then holds on leads, recorders and patients unlike
 the training data), the rhythm terms against normal training beats; rhythm evidence only adds, and not
@@ -25,6 +25,11 @@ MSE_EPS = 1e-4  # floor of a squared error before its log (about the float noise
 MAD_TO_SIGMA = 1.4826  # median absolute deviation -> standard deviation of a normal distribution
 MIN_SCALE = 1e-6  # floor of a robust scale or a beat's standard deviation
 RR_REFERENCE_PERCENTILE = 90.0
+# RR90 is taken over this many beats centred on each beat (under two minutes at 75 bpm; 0: the whole
+# record), so heart-rate changes (exercise, sleep, runs of block) do not make a faster stretch look
+# premature; selected by cross-validation on DS1 (docs/evaluation/selection.md)
+DEFAULT_RR_REFERENCE_BEATS = 128
+PERCENTILE_BLOCK = 4096  # windows whose percentile is taken at once (bounded memory on 24-hour recordings)
 # a record's own location and scale weigh n / (n + this) against the training calibration: a 10-beat strip
 # leans on the training data, a half-hour record (2,000 beats) on itself
 RECORD_PRIOR_BEATS = 50
@@ -50,10 +55,31 @@ def record_templates(beats: Beats) -> dict[str, np.ndarray]:
             for name in np.unique(beats.record)}
 
 
-def record_rr_reference(beats: Beats) -> dict[str, float]:
-    """RR90 of each record: the 90th percentile of its previous-RR intervals, in seconds."""
-    return {str(name): float(np.percentile(beats.rr[beats.record == name, 0], RR_REFERENCE_PERCENTILE))
-            for name in np.unique(beats.record)}
+def _windowed_percentile(x: np.ndarray, window: int) -> np.ndarray:
+    """RR_REFERENCE_PERCENTILE of the `window` values centred on each value (shifted inward at the
+    ends, so every value's window holds `window` values); of all values when there are not more."""
+    n = len(x)
+    if window <= 0 or n <= window:
+        return np.full(n, np.percentile(x, RR_REFERENCE_PERCENTILE) if n else 0.0)
+    views = np.lib.stride_tricks.sliding_window_view(x, window)
+    per_start = np.concatenate([np.percentile(views[i:i + PERCENTILE_BLOCK], RR_REFERENCE_PERCENTILE, axis=1)
+                                for i in range(0, len(views), PERCENTILE_BLOCK)])
+    starts = np.clip(np.arange(n) - window // 2, 0, n - window)
+    return per_start[starts]
+
+
+def rr_reference(beats: Beats, context: Beats | None = None,
+                 window_beats: int = DEFAULT_RR_REFERENCE_BEATS) -> np.ndarray:
+    """The local RR90 of each beat, in seconds: the 90th percentile of the previous-RR intervals of the
+    `window_beats` beats of its record around it, in time order (0: of all the record's beats). context:
+    all beats of the same records, when `beats` is only part of them."""
+    population, rows = record_population(beats, context)
+    reference = np.zeros(len(population))
+    for name in np.unique(population.record):
+        idx = np.flatnonzero(population.record == name)
+        idx = idx[np.argsort(population.time_s[idx], kind="stable")]
+        reference[idx] = _windowed_percentile(population.rr[idx, 0].astype(np.float64), int(window_beats))
+    return reference[rows]
 
 
 def _log_clipped(x: np.ndarray) -> np.ndarray:
@@ -68,7 +94,7 @@ def rr_inputs(rr: np.ndarray) -> np.ndarray:
 
 
 def rhythm_terms(rr: np.ndarray, rr_ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """prematurity -log(rr_prev / RR90) and pause log(rr_next_ratio), clipped."""
+    """prematurity -log(rr_prev / local RR90) and pause log(rr_next_ratio), clipped."""
     rr = np.asarray(rr, dtype=np.float64)
     premature = -_log_clipped(rr[:, 0] / np.maximum(rr_ref, RR_EPS_S))
     return premature, _log_clipped(rr[:, 4])
@@ -166,7 +192,7 @@ def combine(z: dict[str, np.ndarray], weights: ScoreWeights, in_af: np.ndarray |
 
 
 def _with_missing_records(beats: Beats, context: Beats | None) -> Beats:
-    """The beats that templates and RR90 come from: `context`, plus records it lacks from `beats`."""
+    """The beats that templates come from: `context`, plus records it lacks from `beats`."""
     source = context if context is not None else beats
     missing = set(map(str, np.unique(beats.record))) - set(map(str, np.unique(source.record)))
     if missing:
@@ -182,7 +208,7 @@ def beat_keys(beats: Beats) -> np.ndarray:
 def record_population(beats: Beats, context: Beats | None) -> tuple[Beats, np.ndarray]:
     """All beats of the records `beats` come from (context's beats of those records, plus any of
     `beats` that context lacks), and the row of each of `beats` in it. Every per-record quantity
-    (template, RR90, record calibration, patient adaptation) comes from this population, so a beat
+    (template, local RR90, record calibration, patient adaptation) comes from this population, so a beat
     scores the same whether it is scored alone or with its whole record."""
     if context is None:
         return beats, np.arange(len(beats))
@@ -201,10 +227,10 @@ def record_population(beats: Beats, context: Beats | None) -> tuple[Beats, np.nd
 
 def model_inputs(beats: Beats, window: int, per_beat_norm: bool = False, with_template: bool = True,
                  context: Beats | None = None) -> dict[str, np.ndarray]:
-    """Arrays the autoencoder reads: wave, template (zeros without context), RR inputs, and RR90.
+    """Arrays the autoencoder reads: wave, template (zeros without context) and RR inputs.
 
-    context: all beats of the same records (templates and RR90 come from it) when `beats` is only part
-    of its records.
+    context: all beats of the same records (templates come from it) when `beats` is only part of its
+    records.
     """
     waves = np.asarray(beats.waves, dtype=np.float32)
     if waves.ndim != 2 or waves.shape[1] != window:
@@ -212,11 +238,8 @@ def model_inputs(beats: Beats, window: int, per_beat_norm: bool = False, with_te
     if per_beat_norm:
         waves = beat_zscore(waves)[0]
     template = np.zeros_like(waves)
-    rr_ref = np.zeros(len(beats))
     source = _with_missing_records(beats, context)
     if with_template:
         for name, t in record_templates(source).items():
             template[beats.record == name] = t
-    for name, ref in record_rr_reference(source).items():
-        rr_ref[beats.record == name] = ref
-    return {"wave": waves, "template": template, "rr": rr_inputs(beats.rr), "rr_ref": rr_ref}
+    return {"wave": waves, "template": template, "rr": rr_inputs(beats.rr)}

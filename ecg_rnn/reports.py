@@ -81,6 +81,10 @@ def write_plots(run_dir: Path, history: list[dict] | None, scored: dict[str, tup
     return written
 
 
+def _rr90_span(window_beats: int) -> str:
+    return f"of the {window_beats} beats around the beat" if window_beats else "of the whole record"
+
+
 def write_model_card(path: Path, det, metrics: dict[str, dict], extra: dict | None = None) -> list[Path]:
     path = Path(path)
     desc = det.describe()
@@ -96,7 +100,8 @@ def write_model_card(path: Path, det, metrics: dict[str, dict], extra: dict | No
              f"{mc['num_layers']} layer(s), latent {mc['latent_size']}, dropout {mc['dropout']}, "
              f"{'bidirectional' if mc['bidirectional'] else 'unidirectional'} encoder, "
              f"{mc['step_samples']} samples/step, context (template + RR, residual decoder): {mc['context']}.", "",
-             f"Score: z(log recon MSE) + {d['rhythm_weight']} * max(0, z(prematurity vs RR90))"
+             f"Score: z(log recon MSE) + {d.get('distance_weight', 0.0)} * z(log template distance) + "
+             f"{d['rhythm_weight']} * max(0, z(prematurity vs RR90 {_rr90_span(d.get('rr_reference_beats', 0))}))"
              f" + {d['pause_weight']} * max(0, z(pause)); threshold {d['threshold']:.3f} "
              f"(the {d['threshold_percentile']:g}th percentile of held-out normal scores).", "",
              f"Training data: {desc['training_data'].get('description', '')}; "

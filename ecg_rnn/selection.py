@@ -4,14 +4,16 @@ DS1's 22 records are split into folds by record (seeded). For each fold a detect
 normal beats of the other folds (early stopping and calibration on records held out from those, as
 `ecg-rnn train` does) and scores every beat of the fold's records as a new recording is scored: whole
 records, per-record calibration and adaptation from the record's own beats, the rhythm stage's AF mask.
-Choices that need no retraining (patient adaptation, score weights, calibration, threshold percentile)
-are evaluated on the same fold models; each model candidate trains its own fold models. The test
+Choices that need no retraining (patient adaptation, score weights, calibration, the RR90 window,
+threshold percentile) are evaluated on the same fold models; each model candidate trains its own fold models. The test
 records are also scored on their other lead (V1 mostly), as a check of how choices transfer.
 
 The out-of-fold scores of all DS1 records are pooled. Among the score settings that keep the
 threshold's promise on the other lead (a recording unlike the training data: at the 95th percentile,
 3 % to 8 % of its normal beats flagged), the one with the best pooled average precision (default lead)
-wins; then the most sensitive threshold percentile whose pooled specificity (each beat against its own
+wins. Then, for that model, the window of the local RR90 (the prematurity term's reference), with the
+weights and calibration searched again for each window (stored terms hold the whole-record RR90; the
+others are computed from the beats, which needs no model); then the most sensitive threshold percentile whose pooled specificity (each beat against its own
 fold's threshold) is at least MIN_SPECIFICITY. The no-learning template + RR score gets the same search
 over its own weights, so the comparison is fair. DS2 is never read here: it is scored once, by
 `ecg-rnn evaluate`, with what this selected.
@@ -44,8 +46,8 @@ from ecg_rnn.beats import ABNORMAL_CLASSES, Beats
 from ecg_rnn.detector import AfMask, RecurrentAEDetector
 from ecg_rnn.experiments import AF_MASKS, detected_af_mask, reference_af_mask
 from ecg_rnn.features import (DEFAULT_RECORD_SCALE, MORPHOLOGY_TERMS, RECORD_SCALE_LABELS, RECORD_SCALES,
-                              RHYTHM_TERMS, ScoreWeights, beat_keys, calibrate, combine, model_inputs,
-                              record_population, rhythm_terms, zscores)
+                              RHYTHM_TERMS, ScoreWeights, beat_keys, calibrate, combine, record_population,
+                              rhythm_terms, rr_reference, zscores)
 from ecg_rnn.metrics import evaluate_detector
 from ecg_rnn.model import ModelConfig, RecurrentAutoencoder
 from ecg_rnn.protocols import DS1, build_beat_set, heldout_mask, locate_mitdb
@@ -99,6 +101,7 @@ class SelectionConfig:
     rhythm_weights: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0, 3.0)
     pause_weights: tuple[float, ...] = (0.0, 0.1, 0.3, 0.6)
     percentiles: tuple[float, ...] = (90.0, 92.5, 95.0, 96.0, 97.0, 98.0, 99.0)
+    rr_reference_windows: tuple[int, ...] = (0, 64, 128, 256, 512)  # beats; 0: RR90 of the whole record
     af_masks: tuple[str, ...] = AF_MASKS  # the first is what scoring uses (selected with); the others: ablation
 
 
@@ -244,7 +247,7 @@ def fold_terms(det: RecurrentAEDetector, data: SelectionData, train_records: tup
     held_beats, held_rows = record_population(held_normal, context)
     test_beats = data.beats.subset(np.isin(data.beats.record, test_records))
     normals = context.subset(context.aami == "N")
-    premature, pause = rhythm_terms(normals.rr, model_inputs(normals, det.model.window, context=context)["rr_ref"])
+    premature, pause = rhythm_terms(normals.rr, rr_reference(normals, context, window_beats=0))
     other = data.other_lead.subset(np.isin(data.other_lead.record, test_records))
     terms = FoldTerms(held=det.raw_terms(held_beats)[0], held_record=held_beats.record, held_rows=held_rows,
                       rhythm_normals={"premature": premature, "pause": pause},
@@ -271,6 +274,26 @@ def refresh_af_masks(terms: dict[tuple[int, int], FoldTerms], data: SelectionDat
         if not (np.array_equal(held.record, t.held_record) and np.array_equal(test.record, t.test_record)):
             raise ValueError("the stored fold terms do not match the selection data; recompute the terms")
         set_af_masks(t, held, test, masks)
+
+
+def with_rr_window(folds: list[FoldTerms], data: SelectionData, window: int) -> list[FoldTerms]:
+    """The fold terms with the prematurity term against the local RR90 of `window` beats (stored terms
+    hold the whole record's, window 0). Prematurity depends on the beats alone, not on the model."""
+    if window == 0:
+        return folds
+    beats = data.beats
+    premature = rhythm_terms(beats.rr, rr_reference(beats, window_beats=window))[0]
+    out = []
+    for t in folds:
+        test, held = np.isin(beats.record, np.unique(t.test_record)), np.isin(beats.record, np.unique(t.held_record))
+        if not (np.array_equal(beats.record[test], t.test_record) and np.array_equal(beats.record[held], t.held_record)):
+            raise ValueError("the stored fold terms do not match the selection data; recompute the terms")
+        training_normals = ~test & (beats.aami == "N")
+        out.append(dataclasses.replace(
+            t, held={**t.held, "premature": premature[held]}, test={**t.test, "premature": premature[test]},
+            test_other={**t.test_other, "premature": premature[test]},  # the same beats, the same RR intervals
+            rhythm_normals={**t.rhythm_normals, "premature": premature[training_normals]}))
+    return out
 
 
 def candidate_terms(data: SelectionData, candidate: Candidate, config: SelectionConfig, cache: Path | None,
@@ -411,9 +434,26 @@ def _adapt_label(a: AdaptConfig) -> str:
     return "off" if a.steps == 0 else f"{a.steps} steps, lr {a.lr:g}"
 
 
+def _window_label(window: int) -> str:
+    return "RR90 of the whole record" if window == 0 else f"RR90 over {window} beats"
+
+
+def best_window(folds: list[FoldTerms], data: SelectionData, config: SelectionConfig,
+                learned: bool) -> tuple[list[dict], dict]:
+    """Every RR90 window with its best weights and calibration, and the best of them by pooled AP."""
+    found = []
+    for window in config.rr_reference_windows:
+        with_window = with_rr_window(folds, data, window)
+        ap, weights, calibration = best_weights(with_window, config, learned)
+        found.append({"window": window, "folds": with_window, "ap": ap, "weights": weights,
+                      "calibration": calibration})
+    return found, max(found, key=lambda f: f["ap"])
+
+
 def selection_report(config: SelectionConfig, terms: dict[int, dict[tuple[int, int], FoldTerms]],
-                     folds: list[tuple[str, ...]]) -> dict:
-    """Search the score settings of every (candidate, adaptation); the ablation rows of the winner."""
+                     folds: list[tuple[str, ...]], data: SelectionData) -> dict:
+    """Search the score settings of every (candidate, adaptation) with the whole record's RR90; then the
+    RR90 window of the winner (and of the no-learning score); the ablation rows of the winner."""
     af = config.af_masks[0]
 
     def fold_list(c, a):
@@ -424,11 +464,13 @@ def selection_report(config: SelectionConfig, terms: dict[int, dict[tuple[int, i
         ap, weights, calibration = best_weights(fold_list(c, a), config, learned=True)
         found.append({"candidate": c, "adaptation": a, "ap": ap, "weights": weights, "calibration": calibration})
     best = max(found, key=lambda f: f["ap"])
-    chosen = fold_list(best["candidate"], best["adaptation"])
-    w, calib = best["weights"], best["calibration"]
+    windows, pick = best_window(fold_list(best["candidate"], best["adaptation"]), data, config, learned=True)
+    chosen, w, calib = pick["folds"], pick["weights"], pick["calibration"]
     percentile = best_percentile(chosen, w, calib, config)
-    _, base_w, base_calib = best_weights(chosen, config, learned=False)
-    base_pct = best_percentile(chosen, base_w, base_calib, config)
+    base_windows, base_pick = best_window(fold_list(best["candidate"], best["adaptation"]), data, config,
+                                          learned=False)
+    base_folds, base_w, base_calib = base_pick["folds"], base_pick["weights"], base_pick["calibration"]
+    base_pct = best_percentile(base_folds, base_w, base_calib, config)
 
     def row(label, fl, weights, calibration, pct=percentile, mask=af):
         return {"name": label, **summary(pooled_metrics(fl, weights, calibration, pct, mask),
@@ -438,18 +480,23 @@ def selection_report(config: SelectionConfig, terms: dict[int, dict[tuple[int, i
     for f in found:
         if (f["candidate"], f["adaptation"]) != (best["candidate"], best["adaptation"]):
             label = (f"model {config.candidates[f['candidate']].name}, adaptation "
-                     f"{_adapt_label(config.adaptations[f['adaptation']])} (its best weights)")
+                     f"{_adapt_label(config.adaptations[f['adaptation']])} (its best weights, "
+                     f"{_window_label(0)})")
             rows.append(row(label, fold_list(f["candidate"], f["adaptation"]), f["weights"], f["calibration"]))
+    rows += [row(f"{_window_label(f['window'])} (its best weights)", f["folds"], f["weights"], f["calibration"])
+             for f in windows if f is not pick]
     rows += [row(f"morphology calibrated {CALIBRATION_LABELS[c]}", chosen, w, c) for c in CALIBRATIONS if c != calib]
     rows += [row("template distance weight 0", chosen, dataclasses.replace(w, distance=0.0), calib),
              row("rhythm terms off", chosen, dataclasses.replace(w, premature=0.0, pause=0.0), calib),
              row("pause weight 0", chosen, dataclasses.replace(w, pause=0.0), calib)]
     rows += [row(f"AF mask: {kind}", chosen, w, calib, mask=kind) for kind in config.af_masks[1:]]
     rows += [row(f"threshold percentile {p:g}", chosen, w, calib, pct=p) for p in config.percentiles if p != percentile]
-    rows += [row(f"{NO_LEARNING} (its best weights)", chosen, base_w, base_calib, pct=base_pct),
-             *(row(f"{NO_LEARNING}, morphology calibrated {CALIBRATION_LABELS[c]}", chosen, base_w, c, pct=base_pct)
-               for c in CALIBRATIONS if c != base_calib)]
-    rows += [row(f"{NO_LEARNING}, AF mask: {kind}", chosen, base_w, base_calib, pct=base_pct, mask=kind)
+    rows += [row(f"{NO_LEARNING} (its best weights)", base_folds, base_w, base_calib, pct=base_pct),
+             *(row(f"{NO_LEARNING}, morphology calibrated {CALIBRATION_LABELS[c]}", base_folds, base_w, c,
+                   pct=base_pct) for c in CALIBRATIONS if c != base_calib)]
+    rows += [row(f"{NO_LEARNING}, {_window_label(f['window'])} (its best weights)", f["folds"], f["weights"],
+                 f["calibration"], pct=base_pct) for f in base_windows if f is not base_pick]
+    rows += [row(f"{NO_LEARNING}, AF mask: {kind}", base_folds, base_w, base_calib, pct=base_pct, mask=kind)
              for kind in config.af_masks[1:]]
     candidate = config.candidates[best["candidate"]]
     return {
@@ -458,19 +505,21 @@ def selection_report(config: SelectionConfig, terms: dict[int, dict[tuple[int, i
         "criterion": f"pooled out-of-fold average precision (default lead, AF mask: {af}) among the settings "
                      f"whose share of normal beats flagged on the other lead at percentile {DEFAULT_PERCENTILE:g} "
                      f"stays within {PROMISE_BAND[0]:g}-{PROMISE_BAND[1]:g} x the promised "
-                     f"{100 - DEFAULT_PERCENTILE:g} %; threshold percentile: the lowest whose pooled "
-                     f"specificity is >= {MIN_SPECIFICITY}",
+                     f"{100 - DEFAULT_PERCENTILE:g} %, first for every model and adaptation with the whole "
+                     f"record's RR90, then for the winner's RR90 window (weights searched again per window); "
+                     f"threshold percentile: the lowest whose pooled specificity is >= {MIN_SPECIFICITY}",
         "selected": {"candidate": candidate.name, "model_config": candidate.model.to_dict(),
                      "other_lead_training": candidate.other_lead_training,
                      "adaptation": config.adaptations[best["adaptation"]].to_dict(),
                      "weights": dataclasses.asdict(w), **calibration_params(calib),
-                     "threshold_percentile": percentile, "af_mask": af},
+                     "rr_reference_beats": pick["window"], "threshold_percentile": percentile, "af_mask": af},
         "no_learning": {"weights": dataclasses.asdict(base_w), **calibration_params(base_calib),
-                        "threshold_percentile": base_pct},
+                        "rr_reference_beats": base_pick["window"], "threshold_percentile": base_pct},
         "grid": {"candidates": [c.name for c in config.candidates],
                  "adaptations": [a.to_dict() for a in config.adaptations],
                  "distance_weights": config.distance_weights, "rhythm_weights": config.rhythm_weights,
-                 "pause_weights": config.pause_weights, "percentiles": config.percentiles},
+                 "pause_weights": config.pause_weights, "rr_reference_windows": config.rr_reference_windows,
+                 "percentiles": config.percentiles},
         "rows": rows,
     }
 
@@ -518,18 +567,21 @@ def selection_markdown(report: dict, plain: dict | None, speed: list[dict] | Non
         f"the {100 * a['typical_share']:g} % of the record's beats nearest its template;",
         f"- score: {sel['weights']['recon']:g} * z(recon) + {sel['weights']['distance']:g} * z(template distance) + "
         f"{sel['weights']['premature']:g} * max(0, z(prematurity)) + {sel['weights']['pause']:g} * max(0, z(pause)); "
-        f"morphology calibrated {_calibration_label(sel)};",
+        f"morphology calibrated {_calibration_label(sel)}; prematurity against the "
+        f"{_window_label(sel['rr_reference_beats'])};",
         f"- threshold: the {sel['threshold_percentile']:g}th percentile of held-out normal scores;",
         f"- the no-learning template + RR score, by the same search: {report['no_learning']['weights']['premature']:g}"
         f" * prematurity, {report['no_learning']['weights']['pause']:g} * pause, calibrated "
-        f"{_calibration_label(report['no_learning'])}, "
+        f"{_calibration_label(report['no_learning'])}, {_window_label(report['no_learning']['rr_reference_beats'])}, "
         f"{report['no_learning']['threshold_percentile']:g}th percentile.", "",
         f"Out of fold, the selected detector reaches ROC-AUC {chosen['roc_auc']:.3f} and AP {chosen['ap']:.3f}; "
         f"the no-learning score {base['roc_auc']:.3f} and {base['ap']:.3f}: the autoencoder adds "
         f"{chosen['ap'] - base['ap']:+.3f} AP on DS1.", "",
         "## Ablation (every row from the same fold models, the same out-of-fold beats)", "",
-        "Rows named `model ..., adaptation ...` are the other candidates, each with the weights best for it; "
-        "the others change one setting of the selected detector. ROC-AUC and AP rank the pooled out-of-fold "
+        "Rows named `model ..., adaptation ...` are the other candidates, each with the weights best for it "
+        "(with the whole record's RR90, the first stage of the search); rows named `RR90 ...` are the second "
+        "stage, the selected model with another RR90 window and the weights best for it; the others change one "
+        "setting of the selected detector. ROC-AUC and AP rank the pooled out-of-fold "
         "scores; F1, specificity and recall count each beat against its own fold's threshold; `lead 2` "
         "columns score the same test beats on their other lead.", "",
         markdown_rows(report["rows"]),
@@ -751,7 +803,7 @@ def main(argv: list[str] | None = None) -> int:
         terms = {c: load_terms(work / f"terms-{c}.npz") for c in range(len(config.candidates))
                  if (work / f"terms-{c}.npz").exists()}
         report = selection_report(config, terms, record_folds(tuple(np.unique(data.beats.record)), config.folds,
-                                                              config.seed))
+                                                              config.seed), data)
         (args.out / "selection.json").write_text(json.dumps(report, indent=2, default=float))
         plain = args.out / "plain-lstm.json"
         speed = args.out / "adaptation-speed.json"

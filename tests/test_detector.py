@@ -273,6 +273,7 @@ def test_a_checkpoint_saved_before_record_scale_keeps_its_scale(det, beats208, t
     def saved_with(record_scale, name):
         settings = json.loads(meta["detector"])
         settings.pop("record_scale")
+        settings.pop("rr_reference_beats")
         if record_scale is not None:
             settings["record_scale"] = record_scale
         changed = {**{k: v for k, v in meta.items() if k != "digest"}, "detector": json.dumps(settings, sort_keys=True)}
@@ -281,7 +282,8 @@ def test_a_checkpoint_saved_before_record_scale_keeps_its_scale(det, beats208, t
 
     old = RecurrentAEDetector.load(saved_with(None, "old.safetensors"))
     assert old.record_scale == "all_beats" != det.record_scale
-    twin = copy.copy(det).set_params(record_scale="all_beats")
+    assert old.rr_reference_beats == 0 != det.rr_reference_beats
+    twin = copy.copy(det).set_params(record_scale="all_beats", rr_reference_beats=0)
     np.testing.assert_allclose(old.score_samples(beats208), twin.score_samples(beats208), atol=1e-6)
     with pytest.raises(CheckpointError, match="record_scale"):
         RecurrentAEDetector.load(saved_with("upper_half", "bad.safetensors"))
@@ -290,3 +292,5 @@ def test_a_checkpoint_saved_before_record_scale_keeps_its_scale(det, beats208, t
 def test_an_unknown_record_scale_is_refused_before_training(beats208):
     with pytest.raises(ValueError, match="record_scale must be one of"):
         RecurrentAEDetector(record_scale="upper_half").fit(beats208)
+    with pytest.raises(ValueError, match="rr_reference_beats must be"):
+        RecurrentAEDetector(rr_reference_beats=-1).fit(beats208)

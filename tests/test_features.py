@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from ecg_rnn.beats import Beats
-from ecg_rnn.features import (RECORD_PRIOR_BEATS, ScoreWeights, combine, record_population, zscores)
+from ecg_rnn.features import (RECORD_PRIOR_BEATS, ScoreWeights, combine, record_population, rhythm_terms,
+                              rr_reference, zscores)
 
 CALIBRATION = {"recon": [0.0, 1.0], "distance": [0.0, 1.0], "premature": [0.1, 0.1], "pause": [0.0, 0.05]}
 
@@ -79,3 +80,38 @@ def test_population_finds_every_beat_and_adds_the_missing():
     np.testing.assert_array_equal(population.record[rows], scored.record)
     np.testing.assert_array_equal(population.sample[rows], scored.sample)
     assert len(population) == 5 + 2  # a#40 and c#5 were missing from the context
+
+
+def _rhythm_beats(record, rr_prev):
+    n = len(rr_prev)
+    rr = np.ones((n, 5), np.float32)
+    rr[:, 0] = rr_prev
+    time_s = np.cumsum(rr_prev)
+    return Beats(record=np.array(record), sample=(time_s * 100).astype(np.int64), time_s=time_s,
+                 waves=np.zeros((n, 4), np.float32), rr=rr, symbol=np.full(n, "N"), aami=np.full(n, "N"))
+
+
+def test_local_rr90_follows_a_change_of_heart_rate():
+    """Half an hour at 60 bpm then at 100 bpm: against the whole record's RR90 every beat of the faster
+    half looks premature; against the RR90 of the 256 beats around it, only beats near the change do."""
+    rr = np.r_[np.full(900, 1.0), np.full(1500, 0.6)]
+    beats = _rhythm_beats(["r"] * len(rr), rr)
+    whole = rhythm_terms(beats.rr, rr_reference(beats, window_beats=0))[0]
+    local = rhythm_terms(beats.rr, rr_reference(beats, window_beats=256))[0]
+    fast = np.arange(len(rr)) >= 900
+    assert np.all(whole[fast] > 0.5)  # -log(0.6 / 1.0)
+    assert np.mean(local[fast] > 0.05) < 0.1 and np.all(local[~fast] == 0.0)
+
+
+def test_local_rr90_per_record_in_time_order_and_whole_for_short_records():
+    rng = np.random.default_rng(0)
+    long_rr, short_rr = rng.uniform(0.5, 1.0, 600), rng.uniform(0.5, 1.0, 40)
+    beats = Beats.concat([_rhythm_beats(["a"] * 600, long_rr), _rhythm_beats(["b"] * 40, short_rr)])
+    reference = rr_reference(beats, window_beats=100)
+    assert np.allclose(reference[600:], np.percentile(short_rr, 90))  # fewer beats than the window: all of them
+    order = rng.permutation(len(beats))  # the same beats in another order: the same reference per beat
+    np.testing.assert_allclose(rr_reference(beats.subset(order), window_beats=100), reference[order])
+    assert np.isclose(reference[300], np.percentile(long_rr[250:350], 90))
+    assert np.isclose(reference[0], np.percentile(long_rr[:100], 90))  # windows shift inward at the ends
+    part = beats.subset(np.arange(280, 320))  # scored alone, with the record as context: the same
+    np.testing.assert_allclose(rr_reference(part, beats, window_beats=100), reference[280:320])
