@@ -180,20 +180,27 @@ def chunk_bounds(n: int, fs: float, align: int, chunk_s: float = CHUNK_S, margin
 
 @dataclass
 class CutBeats:
-    """The beats of a recording and the stretches where every lead was too noisy to trust."""
+    """The beats of a recording, the stretches where every lead was too noisy to trust, and how noisy
+    the lead each beat's waveform comes from was around it."""
 
     beats: Beats
     noise_segments: list[tuple[float, float]]  # (start_s, end_s), merged, by start
+    # per beat: the quality model's probability of noise in the chosen lead's window holding the beat
+    # (0 where the R-peaks came from annotations: no quality was judged)
+    noise_probability: np.ndarray
 
 
-def _detected(leads: np.ndarray, fs: float, lo: int, start: int, stop: int,
-              quality_config: QualityConfig) -> tuple[np.ndarray, list[tuple[float, float]]]:
-    """R-peaks fused from every lead of a chunk (column 0 is the chosen lead) and its noise segments,
-    both limited to the chunk's core [start, stop)."""
+def _detected(leads: np.ndarray, fs: float, lo: int, start: int, stop: int, quality_config: QualityConfig
+              ) -> tuple[np.ndarray, list[tuple[float, float]], np.ndarray]:
+    """R-peaks fused from every lead of a chunk (column 0 is the chosen lead), its noise segments, and
+    the chosen lead's noise probability at each R-peak, limited to the chunk's core [start, stop)."""
     fused = fuse_leads(leads, fs, quality_config)
     found = fused.samples + lo
+    window = max(int(round(quality_config.window_s * fs)), 1)
+    probability = fused.probability[np.minimum(fused.samples // window, len(fused.probability) - 1), 0]
     segments = [(max(a + lo / fs, start / fs), min(b + lo / fs, stop / fs)) for a, b in fused.noise_segments]
-    return found[(found >= start) & (found < stop)], [(a, b) for a, b in segments if b > a]
+    core = (found >= start) & (found < stop)
+    return found[core], [(a, b) for a, b in segments if b > a], probability[core]
 
 
 def _merged_segments(segments: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -224,15 +231,16 @@ def cut_beats(read, n: int, fs: float, name: str, ref_sample: np.ndarray, ref_sy
     pre, post = beat_config.window_samples(signal_config.fs)
     align = math.lcm(ratio.denominator, ecg_signal.detection_step(fs))  # chunks start in phase with both
     bounds = list(chunk_bounds(n, fs, align, chunk_s))
-    samples, windows, noise = [], [], []
+    samples, windows, noise, probabilities = [], [], [], []
     for start, stop, lo, hi in bounds:
         leads = np.asarray(read(lo, hi), dtype=np.float64).reshape(hi - lo, -1)
         leads = np.column_stack([bridge_gaps(leads[:, k]) for k in range(leads.shape[1])])
         x = leads[:, 0]
         if use_reference:
             found = ref_sample[(ref_sample >= start) & (ref_sample < stop)]
+            probability = np.zeros(len(found))
         else:
-            found, segments = _detected(leads, fs, lo, start, stop, quality_config)
+            found, segments, probability = _detected(leads, fs, lo, start, stop, quality_config)
             noise += segments
             if len(found) == 0 and len(bounds) == 1:  # in a long recording: a beatless stretch
                 raise SignalError(f"no heartbeats found in the {(hi - lo) / fs:.1f} s signal; is it an ECG lead?")
@@ -241,6 +249,7 @@ def cut_beats(read, n: int, fs: float, name: str, ref_sample: np.ndarray, ref_sy
         centres = np.clip(np.round(found * (signal_config.fs / fs)).astype(np.int64) - offset, 0,
                           len(filtered) - 1)
         samples.append(found.astype(np.int64))
+        probabilities.append(probability)
         windows.append(cut_windows(filtered, centres, pre, post))
     sample = np.concatenate(samples)
     if len(sample) < 3:
@@ -255,7 +264,7 @@ def cut_beats(read, n: int, fs: float, name: str, ref_sample: np.ndarray, ref_sy
     beats = Beats(record=np.full(len(sample), name), sample=sample, time_s=time_s,
                   waves=normalise(raw, beat_config.normalisation),
                   rr=rr_context(time_s, beat_config.rr_local_beats), symbol=symbol, aami=aami_class(symbol))
-    return CutBeats(beats, _merged_segments(noise))
+    return CutBeats(beats, _merged_segments(noise), np.concatenate(probabilities))
 
 
 def template_similarity(waves: np.ndarray) -> float:

@@ -17,6 +17,12 @@ Score of a beat (higher = more abnormal), every term a robust z-score, z(x) = (x
 - pause = log(rr_next_ratio): compensatory pause after the beat.
 Rhythm terms only add evidence (clipped at 0): a late beat does not make a deformed beat normal; inside
 atrial fibrillation (`in_af`) they add nothing, since a short RR there is the rhythm, not ectopy.
+Where the signal was judged (`ecg-rnn score`), noise splits the per-record calibration: beats whose
+window the quality stage finds likely noisy (p_noise > `noise_stratum_probability`, in the lead the beat
+comes from) are z-scored against the record's other such beats, the rest against the rest. Noise that
+does not make a whole window unreadable still deforms its beats; against the clean beats' spread every
+one of them would look abnormal, against each other only the abnormal ones do. Beats cut at annotated
+R-peaks have no p_noise (0).
 
 Calibration: with `calibrate_per_record` (the default) the morphology terms are z-scored against the
 recording's own beats (their median; `record_scale` "lower_half": the spread of the half of its beats
@@ -71,6 +77,9 @@ DEFAULT_PAUSE_WEIGHT = 0.3
 DEFAULT_DISTANCE_WEIGHT = 2.0
 DEFAULT_CALIBRATE_PER_RECORD = True
 MIN_FIT_BEATS = 10
+# selected on DS1 records with synthetic noise (docs/evaluation/noise/selection.md); 1: no noisy stratum
+DEFAULT_NOISE_STRATUM_PROBABILITY = 0.3
+NOISY_STRATUM_SUFFIX = "~noisy"  # the calibration's name for a record's noisy beats
 
 # An AF mask for the beats of whole records (True inside atrial fibrillation / flutter), as the rhythm
 # stage gives it; fit() uses it to score held-out normal beats exactly as scoring will.
@@ -82,7 +91,8 @@ AfMask = Callable[[Beats], np.ndarray]
 
 
 PARAMS = ("model", "training", "signal", "beats", "threshold_percentile", "rhythm_weight", "pause_weight",
-          "distance_weight", "calibrate_per_record", "record_scale", "adaptation", "rr_reference_beats")
+          "distance_weight", "calibrate_per_record", "record_scale", "adaptation", "rr_reference_beats",
+          "noise_stratum_probability")
 
 
 @dataclass
@@ -109,7 +119,8 @@ class RecurrentAEDetector:
                  calibrate_per_record: bool = DEFAULT_CALIBRATE_PER_RECORD,
                  record_scale: str = DEFAULT_RECORD_SCALE,
                  adaptation: AdaptConfig = DEFAULT_ADAPTATION,
-                 rr_reference_beats: int = DEFAULT_RR_REFERENCE_BEATS):
+                 rr_reference_beats: int = DEFAULT_RR_REFERENCE_BEATS,
+                 noise_stratum_probability: float = DEFAULT_NOISE_STRATUM_PROBABILITY):
         # stored as given (scikit-learn convention: get_params / clone); checked in fit and load
         self.model = model
         self.training = training
@@ -123,6 +134,7 @@ class RecurrentAEDetector:
         self.record_scale = record_scale
         self.adaptation = adaptation
         self.rr_reference_beats = rr_reference_beats
+        self.noise_stratum_probability = noise_stratum_probability
 
     def get_params(self, deep: bool = False) -> dict:
         return {name: getattr(self, name) for name in PARAMS}
@@ -137,7 +149,7 @@ class RecurrentAEDetector:
 
     def _check_settings(self) -> None:
         """What fit and load refuse before any work: a beat window unlike the model's, an unknown scale, a
-        negative RR90 window."""
+        negative RR90 window, a noise probability outside 0..1."""
         pre, post = self.beats.window_samples(self.signal.fs)
         if pre + post != self.model.window:
             raise ValueError(f"the beat window is {pre + post} samples at {self.signal.fs:g} Hz but the model "
@@ -146,6 +158,9 @@ class RecurrentAEDetector:
         if int(self.rr_reference_beats) != self.rr_reference_beats or self.rr_reference_beats < 0:
             raise ValueError(f"rr_reference_beats must be a whole number of beats >= 0 (0: the whole record), "
                              f"not {self.rr_reference_beats!r}")
+        if not 0.0 <= self.noise_stratum_probability <= 1.0:
+            raise ValueError(f"noise_stratum_probability must be within 0..1 (1: no noisy stratum), "
+                             f"not {self.noise_stratum_probability!r}")
 
     def _inputs(self, beats: Beats, context: Beats | None) -> dict[str, np.ndarray]:
         return model_inputs(beats, self.model.window, per_beat_norm=self.model.input_norm == "beat",
@@ -279,18 +294,34 @@ class RecurrentAEDetector:
         z = {k: v[rows] for k, v in z.items()}
         return combine(z, self.weights, in_af), z
 
-    def analyse(self, beats: Beats, context: Beats | None = None, in_af: np.ndarray | None = None) -> "Analysis":
+    def _calibration_groups(self, population: Beats, rows: np.ndarray,
+                            noise_probability: np.ndarray | None) -> np.ndarray:
+        """The group each beat's morphology terms are calibrated in: its record, or its record's noisy
+        stratum (NOISY_STRATUM_SUFFIX) where the noise probability of its window is high."""
+        record = population.record.astype(str)
+        if noise_probability is None:
+            return record
+        probability = np.zeros(len(population))
+        probability[rows] = noise_probability
+        return np.where(probability > self.noise_stratum_probability, np.char.add(record, NOISY_STRATUM_SUFFIX),
+                        record)
+
+    def analyse(self, beats: Beats, context: Beats | None = None, in_af: np.ndarray | None = None,
+                noise_probability: np.ndarray | None = None) -> "Analysis":
         """Everything the model says about each beat, from one forward pass over the beats' records:
         anomaly score, the calibrated z-score of every term, the reconstruction (in the units of
         beats.waves) and the latent code. context: all beats of the same records when `beats` is only
         part of its records. in_af: True for beats inside atrial fibrillation / flutter (the rhythm
-        stage's mask, one per beat): their rhythm terms add nothing, their shape decides."""
+        stage's mask, one per beat): their rhythm terms add nothing, their shape decides.
+        noise_probability: the quality stage's probability of noise around each beat, which splits the
+        per-record calibration (see the module docstring); None: the signal was not judged."""
         self._check_fitted()
-        if in_af is not None and np.shape(in_af) != (len(beats),):
-            raise ValueError(f"in_af has shape {np.shape(in_af)}; it needs one value per beat ({len(beats)})")
+        for name, given in (("in_af", in_af), ("noise_probability", noise_probability)):
+            if given is not None and np.shape(given) != (len(beats),):
+                raise ValueError(f"{name} has shape {np.shape(given)}; it needs one value per beat ({len(beats)})")
         population, rows = record_population(beats, context)
         raw, recon, codes = self.raw_terms(population)
-        score, z = self._score(raw, population.record, rows, in_af)
+        score, z = self._score(raw, self._calibration_groups(population, rows, noise_probability), rows, in_af)
         recon = recon[rows]
         if self.model.input_norm == "beat":
             _, mean, std = beat_zscore(np.asarray(beats.waves, dtype=np.float32))
@@ -339,6 +370,7 @@ class RecurrentAEDetector:
                                     "calibrate_per_record": self.calibrate_per_record,
                                     "record_scale": self.record_scale,
                                     "rr_reference_beats": self.rr_reference_beats,
+                                    "noise_stratum_probability": self.noise_stratum_probability,
                                     "adaptation": self.adaptation.to_dict(),
                                     "calibration": self.calibration_, "components": list(COMPONENTS)},
                                    sort_keys=True),
@@ -393,10 +425,11 @@ class RecurrentAEDetector:
                       distance_weight=float(det_meta["distance_weight"]),
                       calibrate_per_record=bool(det_meta["calibrate_per_record"]),
                       adaptation=AdaptConfig(**det_meta["adaptation"]),
-                      # detectors saved before these choices existed took the scale from all beats and
-                      # RR90 from the whole record
+                      # detectors saved before these choices existed took the scale from all beats,
+                      # RR90 from the whole record, and no noisy stratum
                       record_scale=str(det_meta.get("record_scale", "all_beats")),
-                      rr_reference_beats=int(det_meta.get("rr_reference_beats", 0)))
+                      rr_reference_beats=int(det_meta.get("rr_reference_beats", 0)),
+                      noise_stratum_probability=float(det_meta.get("noise_stratum_probability", 1.0)))
             det._check_settings()
             model = RecurrentAutoencoder(det.model)
             state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}

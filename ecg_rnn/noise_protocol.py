@@ -8,27 +8,33 @@ Per noise kind and SNR, over the noisy stretches (from minute 5 on, 2 minutes no
 - coverage: reference beats found by a detection not marked `noise`;
 - ROC-AUC and AP (abnormal = S, V, F, Q) and the share of normal beats flagged, over those beats.
 The same figures over the clean stretches show what the noise costs. Selection (the quality stage's
-thresholds) is done on DS1 records only; the report runs on DS2 records.
+thresholds, and the detector's noisy-stratum probability by `select_noise_stratum`) is done on DS1
+records only; the report runs on DS2 records.
 """
 
 from __future__ import annotations
 
+import copy
 import sys
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 from tqdm.auto import tqdm
 
-from ecg_rnn.beats import ABNORMAL_CLASSES, MATCH_TOLERANCE_S, aami_class, reference_beats_of
+from ecg_rnn.beats import ABNORMAL_CLASSES, MATCH_TOLERANCE_S, aami_class, cut_source, reference_beats_of
 from ecg_rnn.protocols import DS2, locate_mitdb
 from ecg_rnn.records import open_record, source_from_arrays
-from ecg_rnn.scoring import score_source
-from ecg_rnn.stress import NOISE_KINDS, NSTDB_SNR_DB, add_noise, make_noise, noisy_mask
+from ecg_rnn.scoring import score_beats
+from ecg_rnn.stress import CLEAN_START_S, NOISE_KINDS, NSTDB_SNR_DB, add_noise, make_noise, noisy_mask
 
 CLEAN = float("inf")  # the "SNR" of the unchanged record, scored as a reference row
 NOISE_SEED = 1984
+# the detector's noise_stratum_probability: the selection's grid (1: no noisy stratum)...
+NOISE_STRATA = (1.0, 0.5, 0.3, 0.2, 0.1)
+SELECTION_SNRS_DB = (12.0, 6.0)  # ...judged at these SNRs (the targets'), both stretches
 
 
 @dataclass
@@ -107,12 +113,37 @@ def noise_seed(record: str, kind: str) -> int:
     return NOISE_SEED + zlib.crc32(f"{record}:{kind}".encode()) % 10_000
 
 
-def evaluate_noise(detector, records: tuple[str, ...] = DS2, kinds: tuple[str, ...] = NOISE_KINDS,
-                   snrs: tuple[float, ...] = NSTDB_SNR_DB, progress: bool = True) -> dict:
-    """Score every record at every (kind, SNR) and report the pooled figures per cell."""
+@dataclass
+class StressedScore:
+    """One record at one (noise kind, SNR), scored unannotated, with its reference beats."""
+
+    kind: str
+    snr_db: float
+    ref_sample: np.ndarray
+    ref_aami: np.ndarray
+    sample: np.ndarray  # detected beats
+    ok: np.ndarray  # bool: not marked noise
+    score: np.ndarray
+    flagged: np.ndarray
+    noise_probability: np.ndarray
+    noisy: np.ndarray  # bool per sample of the signal: inside a noisy stretch
+    after_learning: np.ndarray  # bool per sample: after the noise-free first minutes
+    fs: float
+
+    def add_to(self, cells: dict, key: tuple, score: np.ndarray, flagged: np.ndarray) -> None:
+        """Pool these beats (with these scores and flags) into the cells of `key`, one per stretch."""
+        tolerance = int(round(MATCH_TOLERANCE_S * self.fs))
+        for stretch, where in (("noisy", self.noisy), ("clean", ~self.noisy & self.after_learning)):
+            cell = cells.setdefault((*key, stretch), Counts())
+            _accumulate(cell, self.ref_sample, self.ref_aami, self.sample, self.ok, score, flagged,
+                        where[self.ref_sample], where[np.clip(self.sample, 0, len(where) - 1)], tolerance)
+
+
+def stressed_scores(detector, records: tuple[str, ...], kinds: tuple[str, ...], snrs: tuple[float, ...],
+                    progress: bool = True) -> Iterator[StressedScore]:
+    """Every record at every (kind, SNR) scored as `ecg-rnn score` scores it (CLEAN among snrs: unchanged)."""
     folder = locate_mitdb(quiet=not progress)
-    cells: dict[tuple[str, float, str], Counts] = {}
-    jobs = [(r, k, s) for r in records for k in kinds for s in (CLEAN, *snrs)]
+    jobs = [(r, k, s) for r in records for k in kinds for s in snrs]
     bar = tqdm(jobs, desc="noise stress test", unit="record", disable=not progress, file=sys.stderr)
     loaded: dict[str, tuple] = {}
     for name, kind, snr in bar:
@@ -123,23 +154,76 @@ def evaluate_noise(detector, records: tuple[str, ...] = DS2, kinds: tuple[str, .
         source, leads, ref_sample, ref_aami = loaded[name]
         fs = source.fs
         noisy = _stressed(leads, fs, kind, snr, ref_sample[ref_aami == "N"], noise_seed(name, kind))
-        copy = source_from_arrays(name, noisy, fs, tuple(source.sig_name[c] for c in source.ecg_channels), 0,
-                                  origin=f"{name} + {kind} at {snr:g} dB")
-        scored = score_source(detector, copy, peaks="detect")
-        det = scored.beats.sample
-        quality = scored.quality if scored.quality is not None else np.full(len(det), "ok")
-        det_ok = quality == "ok"
-        mask = noisy_mask(len(leads), fs)
-        after_learning = np.arange(len(leads)) / fs >= 300.0
-        tolerance = int(round(MATCH_TOLERANCE_S * fs))
-        for stretch, where in (("noisy", mask), ("clean", ~mask & after_learning)):
-            cell = cells.setdefault((kind, snr, stretch), Counts())
-            _accumulate(cell, ref_sample, ref_aami, det, det_ok, scored.score, scored.flagged,
-                        where[ref_sample], where[np.clip(det, 0, len(where) - 1)], tolerance)
+        stressed = source_from_arrays(name, noisy, fs, tuple(source.sig_name[c] for c in source.ecg_channels), 0,
+                                      origin=f"{name} + {kind} at {snr:g} dB")
+        cut = cut_source(stressed, detector.signal, detector.beats, peaks="detect")
+        scored = score_beats(detector, cut.beats, False, cut.noise_segments, noise_probability=cut.noise_probability)
+        quality = scored.quality if scored.quality is not None else np.full(len(cut.beats), "ok")
+        yield StressedScore(kind, snr, ref_sample, ref_aami, scored.beats.sample, quality == "ok", scored.score,
+                            scored.flagged, cut.noise_probability, noisy_mask(len(leads), fs),
+                            np.arange(len(leads)) / fs >= CLEAN_START_S, fs)
+
+
+def evaluate_noise(detector, records: tuple[str, ...] = DS2, kinds: tuple[str, ...] = NOISE_KINDS,
+                   snrs: tuple[float, ...] = NSTDB_SNR_DB, progress: bool = True) -> dict:
+    """Score every record at every (kind, SNR) and report the pooled figures per cell."""
+    cells: dict[tuple, Counts] = {}
+    for job in stressed_scores(detector, records, kinds, (CLEAN, *snrs), progress):
+        job.add_to(cells, (job.kind, job.snr_db), job.score, job.flagged)
     rows = [{"kind": kind, "snr_db": "clean" if snr == CLEAN else snr, "stretch": stretch, **_metrics(cell)}
             for (kind, snr, stretch), cell in cells.items()]
     return {"protocol": "noise", "dataset": "MIT-BIH Arrhythmia + synthetic NSTDB-style noise",
             "records": list(records), "kinds": list(kinds), "snrs_db": list(snrs), "rows": rows}
+
+
+def select_noise_stratum(detector, records: tuple[str, ...], strata: tuple[float, ...] = NOISE_STRATA,
+                         kinds: tuple[str, ...] = NOISE_KINDS, snrs: tuple[float, ...] = SELECTION_SNRS_DB,
+                         progress: bool = True) -> dict:
+    """The detector's noise_stratum_probability, chosen on `records` (DS1 records the model never trained
+    on), unchanged and made noisy: the value with the best pooled ROC-AUC of the beats not marked noise of
+    the unchanged records and of the noisy copies at `snrs` (noisy and clean stretches together, every
+    kind); every value scores the same copies. The unchanged records count once: a setting that helps
+    noisy recordings must not cost the clean ones more than it gains."""
+    rows = []
+    for value in strata:
+        cells: dict[tuple, Counts] = {}
+        candidate = copy.copy(detector).set_params(noise_stratum_probability=value)
+        jobs = [*stressed_scores(candidate, records, kinds[:1], (CLEAN,), progress),
+                *stressed_scores(candidate, records, kinds, snrs, progress)]
+        for job in jobs:
+            job.add_to(cells, ("unchanged", "clean") if job.snr_db == CLEAN else (job.kind, job.snr_db),
+                       job.score, job.flagged)
+        pooled = Counts()
+        for cell in cells.values():
+            for part in ("labels", "scores", "flags"):
+                getattr(pooled, part).extend(getattr(cell, part))
+        row = {"noise_stratum_probability": value, "pooled_roc_auc": _metrics(pooled)["roc_auc"]}
+        for (kind, snr, stretch), cell in sorted(cells.items(), key=lambda kv: str(kv[0])):
+            m = _metrics(cell)
+            name = f"unchanged records, {stretch} stretches" if kind == "unchanged" else f"{kind} {snr:g} dB {stretch}"
+            row[name] = {k: m[k] for k in ("roc_auc", "normal_flagged", "abnormal_recall")}
+        rows.append(row)
+    best = max(rows, key=lambda r: r["pooled_roc_auc"])
+    return {"records": list(records), "kinds": list(kinds), "snrs_db": list(snrs), "strata": list(strata),
+            "criterion": "pooled ROC-AUC of the beats not marked noise, of the unchanged records and of their noisy "
+                         f"copies (every kind, SNR {', '.join(f'{x:g}' for x in snrs)} dB, noisy and clean stretches)",
+            "selected": best["noise_stratum_probability"], "rows": rows}
+
+
+def selection_markdown(report: dict) -> str:
+    """The selection table: per noisy-stratum probability, the criterion and each cell's ROC-AUC, share
+    of normal beats flagged and abnormal recall."""
+    key = "noise_stratum_probability"
+    cells = [k for k in report["rows"][0] if k not in (key, "pooled_roc_auc")]
+    lines = ["| noisy stratum above | pooled ROC-AUC | " + " | ".join(cells) + " |",
+             "|---" * (len(cells) + 2) + "|"]
+    for row in report["rows"]:
+        marks = " (selected)" if row[key] == report["selected"] else ""
+        values = [" / ".join("–" if not np.isfinite(row[c][k]) else f"{row[c][k]:.3f}"
+                             for k in ("roc_auc", "normal_flagged", "abnormal_recall")) for c in cells]
+        label = "none" if row[key] >= 1 else f"{row[key]:g}"
+        lines.append(f"| {label}{marks} | {row['pooled_roc_auc']:.4f} | " + " | ".join(values) + " |")
+    return "\n".join(lines)
 
 
 TARGETS = {12.0: {"ppv": 0.995, "coverage": 0.95, "roc_auc": 0.92, "normal_flagged": 0.05},
@@ -158,3 +242,43 @@ def markdown_table(report: dict, stretch: str = "noisy") -> str:
             for k in ("sensitivity", "ppv", "coverage", "roc_auc", "ap", "normal_flagged", "abnormal_recall")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m ecg_rnn.noise_protocol [--model M] [--out DIR]: select the detector's noisy-stratum
+    probability on the DS1 records the model was calibrated on but never trained on (its held-out records)."""
+    import argparse
+    import json
+    import time
+    from pathlib import Path
+
+    from ecg_rnn import paths
+    from ecg_rnn.detector import RecurrentAEDetector
+
+    parser = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=None)
+    parser.add_argument("--out", type=Path, default=Path("docs/evaluation/noise"))
+    args = parser.parse_args(argv)
+    model = args.model or paths.default_model_path()
+    detector = RecurrentAEDetector.load(model)
+    records = tuple(detector.training_data_["heldout_records"])
+    t0 = time.monotonic()
+    report = select_noise_stratum(detector, records)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "selection.json").write_text(json.dumps(report, indent=2, default=float))
+    (args.out / "selection.md").write_text(
+        "# The detector's noisy stratum, selected on DS1\n\n"
+        f"Command: `python -m ecg_rnn.noise_protocol --out {args.out}` ({time.monotonic() - t0:.0f} s); model: "
+        f"`{Path(model).name}`. Records: {', '.join(records)}, the DS1 records this model holds out (its "
+        "calibration and threshold come from their normal beats; it never trained on them), made noisy as the "
+        "stress test makes DS2's (ecg_rnn.stress, other seeds per record). A beat whose window's noise "
+        "probability (the quality stage's, in the lead the beat comes from) is above the value is calibrated "
+        "against the record's other such beats (`noise_stratum_probability`; none: every beat against the "
+        "whole record). Criterion: " + report["criterion"] + f". Selected: **{report['selected']:g}**. Each "
+        "cell: ROC-AUC / share of normal beats flagged / abnormal recall.\n\n" + selection_markdown(report) + "\n")
+    print(f"selected noise_stratum_probability {report['selected']:g} -> {args.out / 'selection.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -64,6 +64,7 @@ class FusedPeaks:
     lead: np.ndarray  # int64 per beat: the lead whose peak is reported (the first clean lead that found it)
     noisy: np.ndarray  # bool (windows, leads): lead_quality of every lead
     noise_segments: list[tuple[float, float]]  # (start_s, end_s) where every lead is noisy
+    probability: np.ndarray  # float (windows, leads): the quality model's probability of noise
 
 
 _FUSE_TOLERANCE_S = 0.1  # peaks of different leads this close are one beat (QRS extrema differ by lead)
@@ -137,7 +138,7 @@ def fuse_leads(leads: np.ndarray, fs: float, config: QualityConfig = QualityConf
     samples, lead = _vote([p for _, _, p in per_lead], noisy, tie_break, preferred, window,
                           int(round(_FUSE_TOLERANCE_S * fs)))
     all_noisy = noisy.all(axis=1)
-    return FusedPeaks(samples, lead, noisy, noise_segments(all_noisy, config.window_s, len(x) / fs))
+    return FusedPeaks(samples, lead, noisy, noise_segments(all_noisy, config.window_s, len(x) / fs), probability)
 
 
 def _vote(peaks: list[np.ndarray], noisy: np.ndarray, tie_break: np.ndarray, preferred: np.ndarray,

@@ -85,6 +85,17 @@ def _rr90_span(window_beats: int) -> str:
     return f"of the {window_beats} beats around the beat" if window_beats else "of the whole record"
 
 
+def _calibration_text(d: dict) -> str:
+    if not d.get("calibrate_per_record", False):
+        return "every term against normal training beats"
+    scale = "the lower half of its beats" if d.get("record_scale") == "lower_half" else "all its beats"
+    noisy = d.get("noise_stratum_probability", 1.0)
+    split = (f"; beats whose window the quality stage finds noisy (probability > {noisy:g}) against the "
+             "record's other such beats" if noisy < 1.0 else "")
+    return (f"morphology terms against the recording's own beats (scale from {scale}){split}; rhythm terms "
+            "against normal training beats")
+
+
 def write_model_card(path: Path, det, metrics: dict[str, dict], extra: dict | None = None) -> list[Path]:
     path = Path(path)
     desc = det.describe()
@@ -104,6 +115,7 @@ def write_model_card(path: Path, det, metrics: dict[str, dict], extra: dict | No
              f"{d['rhythm_weight']} * max(0, z(prematurity vs RR90 {_rr90_span(d.get('rr_reference_beats', 0))}))"
              f" + {d['pause_weight']} * max(0, z(pause)); threshold {d['threshold']:.3f} "
              f"(the {d['threshold_percentile']:g}th percentile of held-out normal scores).", "",
+             f"Calibration: {_calibration_text(d)}.", "",
              f"Training data: {desc['training_data'].get('description', '')}; "
              f"{desc['training_data'].get('n_train_beats', '?')} training beats, "
              f"{desc['training_data'].get('n_heldout_beats', '?')} held-out normal beats "

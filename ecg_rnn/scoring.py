@@ -70,10 +70,10 @@ class ScoredBeats:
 
 def in_stretches(beats: Beats, longest_s: float = LONGEST_STRETCH_S) -> Beats:
     """The beats with each recording longer than longest_s cut into equal stretches of at most that long,
-    each named as a record of its own (`name@k`), for what is taken per record: the template, RR90, the
-    calibration of the terms, the adaptation and the morphology families. Over a day heart rate and QRS
-    change (sleep, activity, posture): against the whole day's RR90 every awake hour looks premature.
-    Recordings up to longest_s are left whole."""
+    each named as a record of its own (`name@k`), for what is taken per record: the template, the
+    calibration of the terms, the adaptation and the morphology families (RR90 is local anyway). Over a
+    day heart rate and QRS change (sleep, activity, posture): against the whole day's template and spread
+    the beats of an hour unlike the rest look abnormal. Recordings up to longest_s are left whole."""
     names, split = beats.record.astype(object), False
     for name in np.unique(beats.record):
         rows = np.flatnonzero(beats.record == name)
@@ -90,12 +90,15 @@ def in_stretches(beats: Beats, longest_s: float = LONGEST_STRETCH_S) -> Beats:
 def score_beats(detector: RecurrentAEDetector, beats: Beats, has_reference: bool,
                 noise_segments: list[tuple[float, float]] = (),
                 rhythm_config: RhythmConfig = RhythmConfig(),
-                longest_stretch_s: float = LONGEST_STRETCH_S) -> ScoredBeats:
+                longest_stretch_s: float = LONGEST_STRETCH_S,
+                noise_probability: np.ndarray | None = None) -> ScoredBeats:
     """Everything scoring says about the beats of whole records: AF episodes from the rhythm stage
     (outside noise; the beats' pre-QRS samples add the atrial evidence when their windows hold them),
     scores (inside AF by morphology: a short RR there is the rhythm, not ectopy), percentiles among
     held-out normals, flags (never inside noise) and suggested classes. Recordings longer
-    than longest_stretch_s take their per-record statistics per stretch (in_stretches)."""
+    than longest_stretch_s take their per-record statistics per stretch (in_stretches).
+    noise_probability: the quality stage's, per beat (CutBeats.noise_probability): noisier beats need
+    more evidence to score high (RecurrentAEDetector.analyse)."""
     noise = [Episode(NOISE_QUALITY, a, b) for a, b in noise_segments]
     in_noise = in_episodes(beats.time_s, noise)
     by_record = record_af_episodes(beats, rhythm_config, noise_segments, detector.signal, detector.beats)
@@ -107,7 +110,7 @@ def score_beats(detector: RecurrentAEDetector, beats: Beats, has_reference: bool
     with ThreadPoolExecutor(max_workers=1) as pool:
         suggestion = pool.submit(suggest_classes, stretches, in_af, signal_config=detector.signal,
                                  beat_config=detector.beats)
-        analysis = detector.analyse(stretches, in_af=in_af)
+        analysis = detector.analyse(stretches, in_af=in_af, noise_probability=noise_probability)
         suggested = suggestion.result()
     return ScoredBeats(beats=beats, analysis=analysis, percentile=detector.percentile(analysis.score),
                        flagged=(analysis.score > detector.threshold_) & ~in_noise, has_reference=has_reference,
@@ -120,7 +123,8 @@ def score_source(detector: RecurrentAEDetector, source: RecordSource, peaks: str
     """Cut a recording's beats with the detector's own configs (resampled to its rate; R-peaks fused
     from every ECG lead, noise stretches found) and score them; templates come from all its beats."""
     cut = cut_source(source, detector.signal, detector.beats, peaks=peaks)
-    return score_beats(detector, cut.beats, source.annotations is not None, cut.noise_segments)
+    return score_beats(detector, cut.beats, source.annotations is not None, cut.noise_segments,
+                       noise_probability=cut.noise_probability)
 
 
 def score_record(detector: RecurrentAEDetector, record: Record, peaks: str = "detect") -> ScoredBeats:

@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ecg_rnn.beats import (AAMI_OF_SYMBOL, RR_FEATURES, BeatConfig, aami_class, beats_from_record,
+from ecg_rnn.beats import (AAMI_OF_SYMBOL, RR_FEATURES, BeatConfig, aami_class, beats_from_record, cut_source,
                            cut_windows, match_reference, normalise, rr_context)
 from ecg_rnn.errors import SignalError
-from ecg_rnn.records import read_record
+from ecg_rnn.records import open_record, read_record
 from ecg_rnn.signal import SignalConfig
 
 
@@ -33,6 +33,17 @@ def test_record_208_beats_match_reference_counts(sample_dir):
     assert beats.waves.dtype == np.float32 and np.isfinite(beats.waves).all()
     assert np.all(np.diff(beats.sample) > 0)
     assert np.allclose(beats.time_s, beats.sample / 360.0)
+
+
+def test_each_beat_carries_its_windows_noise_probability(sample_dir):
+    """Detected beats carry the quality model's noise probability of their window in the chosen lead
+    (208 holds noisy stretches); beats at annotated R-peaks were not judged (0)."""
+    detected = cut_source(open_record(sample_dir / "208"), peaks="detect")
+    assert detected.noise_probability.shape == (len(detected.beats),)
+    assert 0.0 <= detected.noise_probability.min() and detected.noise_probability.max() <= 1.0
+    assert np.median(detected.noise_probability) < 0.3 < 0.9 < detected.noise_probability.max()
+    reference = cut_source(open_record(sample_dir / "208"), peaks="reference")
+    np.testing.assert_array_equal(reference.noise_probability, np.zeros(len(reference.beats)))
 
 
 def test_window_is_configurable(sample_dir):

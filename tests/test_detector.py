@@ -274,6 +274,7 @@ def test_a_checkpoint_saved_before_record_scale_keeps_its_scale(det, beats208, t
         settings = json.loads(meta["detector"])
         settings.pop("record_scale")
         settings.pop("rr_reference_beats")
+        settings.pop("noise_stratum_probability")
         if record_scale is not None:
             settings["record_scale"] = record_scale
         changed = {**{k: v for k, v in meta.items() if k != "digest"}, "detector": json.dumps(settings, sort_keys=True)}
@@ -283,7 +284,8 @@ def test_a_checkpoint_saved_before_record_scale_keeps_its_scale(det, beats208, t
     old = RecurrentAEDetector.load(saved_with(None, "old.safetensors"))
     assert old.record_scale == "all_beats" != det.record_scale
     assert old.rr_reference_beats == 0 != det.rr_reference_beats
-    twin = copy.copy(det).set_params(record_scale="all_beats", rr_reference_beats=0)
+    assert old.noise_stratum_probability == 1.0 != det.noise_stratum_probability
+    twin = copy.copy(det).set_params(record_scale="all_beats", rr_reference_beats=0, noise_stratum_probability=1.0)
     np.testing.assert_allclose(old.score_samples(beats208), twin.score_samples(beats208), atol=1e-6)
     with pytest.raises(CheckpointError, match="record_scale"):
         RecurrentAEDetector.load(saved_with("upper_half", "bad.safetensors"))
@@ -294,3 +296,20 @@ def test_an_unknown_record_scale_is_refused_before_training(beats208):
         RecurrentAEDetector(record_scale="upper_half").fit(beats208)
     with pytest.raises(ValueError, match="rr_reference_beats must be"):
         RecurrentAEDetector(rr_reference_beats=-1).fit(beats208)
+    with pytest.raises(ValueError, match="noise_stratum_probability must be"):
+        RecurrentAEDetector(noise_stratum_probability=1.5).fit(beats208)
+
+
+def test_noise_probability_splits_only_the_morphology_calibration(det, beats208):
+    plain = det.analyse(beats208)
+    np.testing.assert_allclose(det.analyse(beats208, noise_probability=np.zeros(len(beats208))).score, plain.score)
+    noisy = np.zeros(len(beats208))
+    noisy[: len(beats208) // 3] = 0.9  # a third of the record judged noisy: calibrated among themselves
+    split = det.analyse(beats208, noise_probability=noisy)
+    for term in ("premature", "pause"):  # rhythm terms are calibrated on training normals either way
+        np.testing.assert_allclose(split.components[term], plain.components[term])
+    first = slice(0, len(beats208) // 3)
+    assert abs(np.median(split.components["distance"][first])) < 0.2  # centred on its own stratum
+    assert not np.allclose(split.components["distance"][first], plain.components["distance"][first])
+    with pytest.raises(ValueError, match="noise_probability has shape"):
+        det.analyse(beats208, noise_probability=np.zeros(3))

@@ -3,6 +3,7 @@ reference beats."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -13,7 +14,7 @@ import pytest
 
 from ecg_rnn import cli
 from ecg_rnn.detector import RecurrentAEDetector
-from ecg_rnn.noise_protocol import evaluate_noise
+from ecg_rnn.noise_protocol import evaluate_noise, select_noise_stratum, stressed_scores
 from ecg_rnn.paths import default_model_path, sample_records_dir
 
 
@@ -63,3 +64,42 @@ def test_noise_seed_is_the_same_in_every_process():
     seeds = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                             env={**os.environ, "PYTHONHASHSEED": salt}).stdout for salt in ("1", "2", "3")}
     assert len(seeds) == 1 and len(set(next(iter(seeds)).split())) == 2
+
+
+@pytest.fixture(scope="module")
+def stressed_100(monkeypatch_module):
+    """Record 100 with electrode motion at 12 dB, scored with and without the noisy stratum."""
+    monkeypatch_module.setenv("MITDB_DIR", str(sample_records_dir()))
+    detector = RecurrentAEDetector.load(default_model_path())
+    return {value: next(stressed_scores(copy.copy(detector).set_params(noise_stratum_probability=value), ("100",),
+                                        ("em",), (12.0,), progress=False))
+            for value in (1.0, 0.2)}
+
+
+def _normal_flagged(job, stretch_mask):
+    at = stretch_mask[np.clip(job.sample, 0, len(stretch_mask) - 1)]
+    near = np.abs(job.ref_sample[np.clip(np.searchsorted(job.ref_sample, job.sample), 0, len(job.ref_sample) - 1)]
+                  - job.sample) <= 0.15 * job.fs
+    return job.flagged[at & near & job.ok].mean()
+
+
+def test_noisy_beats_are_calibrated_among_themselves(stressed_100):
+    whole, split = stressed_100[1.0], stressed_100[0.2]
+    np.testing.assert_array_equal(whole.sample, split.sample)  # the same beats, only calibrated apart
+    noisy_at = whole.noisy[np.clip(whole.sample, 0, len(whole.noisy) - 1)]
+    clean_at = ~noisy_at & whole.after_learning[np.clip(whole.sample, 0, len(whole.noisy) - 1)]
+    assert np.median(whole.noise_probability[noisy_at]) > 0.2 > np.median(whole.noise_probability[clean_at])
+    noisy_stretch, clean_stretch = whole.noisy, ~whole.noisy & whole.after_learning
+    assert _normal_flagged(whole, noisy_stretch) > 0.2  # against the clean beats' spread noise looks abnormal
+    assert _normal_flagged(split, noisy_stretch) < 0.5 * _normal_flagged(whole, noisy_stretch)
+    assert _normal_flagged(split, clean_stretch) < 0.05
+
+
+def test_noise_stratum_selection_takes_the_best_pooled_roc_auc(monkeypatch):
+    monkeypatch.setenv("MITDB_DIR", str(sample_records_dir()))
+    detector = RecurrentAEDetector.load(default_model_path())
+    report = select_noise_stratum(detector, ("208",), strata=(1.0, 0.2), kinds=("ma",), snrs=(6.0,), progress=False)
+    aucs = {r["noise_stratum_probability"]: r["pooled_roc_auc"] for r in report["rows"]}
+    assert set(aucs) == {1.0, 0.2} and report["selected"] == max(aucs, key=aucs.get)
+    assert all(0.5 < a < 1.0 for a in aucs.values())  # 208 holds hundreds of V beats: ranking works
+    assert {"ma 6 dB noisy", "ma 6 dB clean"} <= set(report["rows"][0])

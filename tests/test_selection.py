@@ -12,7 +12,8 @@ from ecg_rnn.adapt import AdaptConfig
 from ecg_rnn.baselines import TEMPLATE_RR_PERCENTILE, TEMPLATE_RR_WEIGHTS, TemplateRRBaseline
 from ecg_rnn.detector import (DEFAULT_ADAPTATION, DEFAULT_DISTANCE_WEIGHT, DEFAULT_MODEL_CONFIG,
                               DEFAULT_PAUSE_WEIGHT, DEFAULT_RHYTHM_WEIGHT, DEFAULT_THRESHOLD_PERCENTILE,
-                              DEFAULT_CALIBRATE_PER_RECORD, DEFAULT_RECORD_SCALE, DEFAULT_RR_REFERENCE_BEATS)
+                              DEFAULT_CALIBRATE_PER_RECORD, DEFAULT_NOISE_STRATUM_PROBABILITY,
+                              DEFAULT_RECORD_SCALE, DEFAULT_RR_REFERENCE_BEATS)
 from ecg_rnn.model import ModelConfig
 from ecg_rnn.protocols import DS1, build_beat_set
 from ecg_rnn.selection import (Candidate, SelectionData, af_masks, fold_detector, fold_terms, load_terms,
@@ -90,3 +91,5 @@ def test_the_shipped_defaults_are_what_selection_chose():
     assert no_learning["record_scale"] == TemplateRRBaseline().record_scale
     assert no_learning["rr_reference_beats"] == TemplateRRBaseline().rr_reference_beats
     assert no_learning["threshold_percentile"] == TEMPLATE_RR_PERCENTILE
+    noise = json.loads((REPO / "docs" / "evaluation" / "noise" / "selection.json").read_text())
+    assert noise["selected"] == DEFAULT_NOISE_STRATUM_PROBABILITY
