@@ -331,11 +331,13 @@ def cases() -> list[Case]:
         expect="ok", files=wfdb_files("rec", x / 1000.0, fs), upload=["rec.hea", "rec.dat"],
         same_as="reference", score_atol=1e-5)
     # 32-bit samples at a finer gain than the reference's 16-bit ones: the signals differ by up to the
-    # reference's quantisation step (3.0e-5 mV), which moves the scores by at most 4.2e-4 and 5.6e-4
-    # (measured with two versions of the default model)
+    # reference's quantisation step (3.0e-5 mV), which moved the scores by at most 4.2e-4 and 5.6e-4
+    # (two versions of the default model); since the noisy stratum, a beat whose window's noise
+    # probability sits at the stratum's edge can change stratum and move that stratum's calibration:
+    # 3.6e-3 measured
     add(name="microvolts", what="signal in microvolts (header units `uV`)", entry="rec", expect="ok",
         files=wfdb_files("rec", x * 1000.0, fs, units="uV", fmt="32"), upload=["rec.hea", "rec.dat"],
-        check=lambda r: 0.5 < np.ptp(r.signal) < 20, same_as="reference", score_atol=2e-3)
+        check=lambda r: 0.5 < np.ptp(r.signal) < 20, same_as="reference", score_atol=1e-2)
     return out
 
 
