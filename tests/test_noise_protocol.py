@@ -95,11 +95,14 @@ def test_noisy_beats_are_calibrated_among_themselves(stressed_100):
     assert _normal_flagged(split, clean_stretch) < 0.05
 
 
-def test_noise_stratum_selection_takes_the_best_pooled_roc_auc(monkeypatch):
+def test_noise_stratum_selection_takes_the_best_mean_of_clean_and_noisy_roc_auc(monkeypatch):
     monkeypatch.setenv("MITDB_DIR", str(sample_records_dir()))
     detector = RecurrentAEDetector.load(default_model_path())
-    report = select_noise_stratum(detector, ("208",), strata=(1.0, 0.2), kinds=("ma",), snrs=(6.0,), progress=False)
-    aucs = {r["noise_stratum_probability"]: r["pooled_roc_auc"] for r in report["rows"]}
+    report = select_noise_stratum(detector, ("208",), ("232",), strata=(1.0, 0.2), kinds=("ma",), snrs=(6.0,),
+                                  progress=False)
+    for row in report["rows"]:
+        assert row["criterion"] == pytest.approx((row["clean_roc_auc"] + row["noisy_roc_auc"]) / 2)
+    aucs = {r["noise_stratum_probability"]: r["criterion"] for r in report["rows"]}
     assert set(aucs) == {1.0, 0.2} and report["selected"] == max(aucs, key=aucs.get)
     assert all(0.5 < a < 1.0 for a in aucs.values())  # 208 holds hundreds of V beats: ranking works
-    assert {"ma 6 dB noisy", "ma 6 dB clean"} <= set(report["rows"][0])
+    assert {"ma 6 dB noisy", "ma 6 dB clean", "unchanged records, clean stretches"} <= set(report["rows"][0])
