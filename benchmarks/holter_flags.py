@@ -37,8 +37,7 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|")
     for label, longest in ((f"per stretch of at most {LONGEST_STRETCH_S / 3600:g} h", LONGEST_STRETCH_S),
                            ("over the whole recording", float("inf"))):
-        scored = score_beats(detector, cut.beats, False, cut.noise_segments, longest_stretch_s=longest,
-                             noise_probability=cut.noise_probability)
+        scored = score_beats(detector, cut, False, longest_stretch_s=longest)
         rated = normal | abnormal
         print(f"| {label} | {scored.flagged[normal].mean():.3f} | {scored.flagged[abnormal].mean():.3f} | "
               f"{roc_auc_score(abnormal[rated], scored.score[rated]):.3f} | "

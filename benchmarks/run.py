@@ -107,8 +107,7 @@ def holter_child(model: str, record: str, out: str, whole: bool) -> None:
         detector = RecurrentAEDetector.load(model)
         source = open_record(record)
         cut = cut_source(source, detector.signal, detector.beats, peaks="detect", chunk_s=WHOLE_CHUNK_S)
-        scored = score_beats(detector, cut.beats, source.annotations is not None, cut.noise_segments,
-                             noise_probability=cut.noise_probability)
+        scored = score_beats(detector, cut, source.annotations is not None)
         Path(out).mkdir(parents=True, exist_ok=True)
         scored.table().to_csv(Path(out) / f"{Path(record).name}.csv", index=False)
         beats = len(cut.beats)

@@ -53,9 +53,10 @@ from ecg_rnn import __version__
 from ecg_rnn.adapt import AdaptConfig, adapt
 from ecg_rnn.beats import BeatConfig, Beats
 from ecg_rnn.errors import CheckpointError
-from ecg_rnn.features import (DEFAULT_RECORD_SCALE, DEFAULT_RR_REFERENCE_BEATS, MORPHOLOGY_TERMS, MSE_EPS, RHYTHM_TERMS, TERMS, ScoreWeights,
-                              beat_zscore, calibrate, check_record_scale, combine, model_inputs, record_population,
-                              rhythm_terms, rr_reference, template_distances, zscores)
+from ecg_rnn.features import (DEFAULT_RECORD_SCALE, DEFAULT_RR_REFERENCE_BEATS, MORPHOLOGY_TERMS, MSE_EPS,
+                              RHYTHM_TERMS, TERMS, ScoreWeights, beat_zscore, calibrate, check_record_scale, combine,
+                              model_inputs, record_population, rhythm_terms, rr_reference, template_distances,
+                              zscores)
 from ecg_rnn.model import ModelConfig, RecurrentAutoencoder
 from ecg_rnn.protocols import heldout_mask
 from ecg_rnn.signal import SignalConfig

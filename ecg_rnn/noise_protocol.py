@@ -157,7 +157,7 @@ def stressed_scores(detector, records: tuple[str, ...], kinds: tuple[str, ...], 
         stressed = source_from_arrays(name, noisy, fs, tuple(source.sig_name[c] for c in source.ecg_channels), 0,
                                       origin=f"{name} + {kind} at {snr:g} dB")
         cut = cut_source(stressed, detector.signal, detector.beats, peaks="detect")
-        scored = score_beats(detector, cut.beats, False, cut.noise_segments, noise_probability=cut.noise_probability)
+        scored = score_beats(detector, cut, False)
         quality = scored.quality if scored.quality is not None else np.full(len(cut.beats), "ok")
         yield StressedScore(kind, snr, ref_sample, ref_aami, scored.beats.sample, quality == "ok", scored.score,
                             scored.flagged, cut.noise_probability, noisy_mask(len(leads), fs),

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ecg_rnn.beats import Beats, cut_source, record_af_episodes, record_af_mask
+from ecg_rnn.beats import Beats, CutBeats, cut_source, record_af_episodes, record_af_mask
 from ecg_rnn.detector import Analysis, RecurrentAEDetector
 from ecg_rnn.records import Record, RecordSource, source_from_record
 from ecg_rnn.rhythm import Episode, RhythmConfig, in_episodes
@@ -87,18 +87,16 @@ def in_stretches(beats: Beats, longest_s: float = LONGEST_STRETCH_S) -> Beats:
     return dataclasses.replace(beats, record=names.astype(str)) if split else beats
 
 
-def score_beats(detector: RecurrentAEDetector, beats: Beats, has_reference: bool,
-                noise_segments: list[tuple[float, float]] = (),
+def score_beats(detector: RecurrentAEDetector, cut: CutBeats, has_reference: bool,
                 rhythm_config: RhythmConfig = RhythmConfig(),
-                longest_stretch_s: float = LONGEST_STRETCH_S,
-                noise_probability: np.ndarray | None = None) -> ScoredBeats:
-    """Everything scoring says about the beats of whole records: AF episodes from the rhythm stage
-    (outside noise; the beats' pre-QRS samples add the atrial evidence when their windows hold them),
-    scores (inside AF by morphology: a short RR there is the rhythm, not ectopy), percentiles among
-    held-out normals, flags (never inside noise) and suggested classes. Recordings longer
-    than longest_stretch_s take their per-record statistics per stretch (in_stretches).
-    noise_probability: the quality stage's, per beat (CutBeats.noise_probability): noisier beats need
-    more evidence to score high (RecurrentAEDetector.analyse)."""
+                longest_stretch_s: float = LONGEST_STRETCH_S) -> ScoredBeats:
+    """Everything scoring says about the cut beats of whole records: AF episodes from the rhythm stage
+    (outside the noise segments; the beats' pre-QRS samples add the atrial evidence when their windows
+    hold them), scores (inside AF by morphology: a short RR there is the rhythm, not ectopy; beats the
+    quality stage finds likely noisy calibrated among themselves, RecurrentAEDetector.analyse),
+    percentiles among held-out normals, flags (never inside noise) and suggested classes. Recordings
+    longer than longest_stretch_s take their per-record statistics per stretch (in_stretches)."""
+    beats, noise_segments = cut.beats, cut.noise_segments
     noise = [Episode(NOISE_QUALITY, a, b) for a, b in noise_segments]
     in_noise = in_episodes(beats.time_s, noise)
     by_record = record_af_episodes(beats, rhythm_config, noise_segments, detector.signal, detector.beats)
@@ -110,7 +108,7 @@ def score_beats(detector: RecurrentAEDetector, beats: Beats, has_reference: bool
     with ThreadPoolExecutor(max_workers=1) as pool:
         suggestion = pool.submit(suggest_classes, stretches, in_af, signal_config=detector.signal,
                                  beat_config=detector.beats)
-        analysis = detector.analyse(stretches, in_af=in_af, noise_probability=noise_probability)
+        analysis = detector.analyse(stretches, in_af=in_af, noise_probability=cut.noise_probability)
         suggested = suggestion.result()
     return ScoredBeats(beats=beats, analysis=analysis, percentile=detector.percentile(analysis.score),
                        flagged=(analysis.score > detector.threshold_) & ~in_noise, has_reference=has_reference,
@@ -123,8 +121,7 @@ def score_source(detector: RecurrentAEDetector, source: RecordSource, peaks: str
     """Cut a recording's beats with the detector's own configs (resampled to its rate; R-peaks fused
     from every ECG lead, noise stretches found) and score them; templates come from all its beats."""
     cut = cut_source(source, detector.signal, detector.beats, peaks=peaks)
-    return score_beats(detector, cut.beats, source.annotations is not None, cut.noise_segments,
-                       noise_probability=cut.noise_probability)
+    return score_beats(detector, cut, source.annotations is not None)
 
 
 def score_record(detector: RecurrentAEDetector, record: Record, peaks: str = "detect") -> ScoredBeats:

@@ -11,7 +11,9 @@ from hypothesis import strategies as st
 
 from ecg_rnn.beats import (AAMI_OF_SYMBOL, RR_FEATURES, BeatConfig, aami_class, beats_from_record, cut_source,
                            cut_windows, match_reference, normalise, rr_context)
+from ecg_rnn import quality
 from ecg_rnn.errors import SignalError
+from ecg_rnn.quality import QualityConfig
 from ecg_rnn.records import open_record, read_record
 from ecg_rnn.signal import SignalConfig
 
@@ -38,9 +40,14 @@ def test_record_208_beats_match_reference_counts(sample_dir):
 def test_each_beat_carries_its_windows_noise_probability(sample_dir):
     """Detected beats carry the quality model's noise probability of their window in the chosen lead
     (208 holds noisy stretches); beats at annotated R-peaks were not judged (0)."""
-    detected = cut_source(open_record(sample_dir / "208"), peaks="detect")
+    source = open_record(sample_dir / "208")
+    detected = cut_source(source, peaks="detect", chunk_s=1e12)  # one chunk: the quality stage sees it all
     assert detected.noise_probability.shape == (len(detected.beats),)
-    assert 0.0 <= detected.noise_probability.min() and detected.noise_probability.max() <= 1.0
+    config = QualityConfig()
+    chosen_lead = source.read_leads()[:, 0].astype(np.float64)
+    per_window = quality._quality(chosen_lead, source.fs, config, None)[1]  # the chosen lead's windows
+    window = int(round(config.window_s * source.fs))
+    np.testing.assert_allclose(detected.noise_probability, per_window[detected.beats.sample // window])
     assert np.median(detected.noise_probability) < 0.3 < 0.9 < detected.noise_probability.max()
     reference = cut_source(open_record(sample_dir / "208"), peaks="reference")
     np.testing.assert_array_equal(reference.noise_probability, np.zeros(len(reference.beats)))
