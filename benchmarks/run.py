@@ -10,10 +10,12 @@ measured in the same run on the same machine, so the ratios hold on a loaded mac
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -36,6 +38,7 @@ from ecg_rnn.protocols import DS1, build_beat_set, locate_mitdb
 ROOT = Path(__file__).resolve().parents[1]
 COMMAND = "make bench  # = python -m benchmarks.run"
 RECORD_TARGET_S = 1.0  # one 30-minute record through every stage of `ecg-rnn score`
+BARE_RECORD_TARGET_S = 0.5  # the same without patient adaptation
 HOLTER_TARGET_S, HOLTER_TARGET_MIB = 30.0, 1024.0
 WHOLE_CHUNK_S = 1e12  # a chunk longer than any recording: the signal read whole
 SCORE_TOLERANCE = 1e-3  # scores closer than this count as the same (float32 passes, thread order)
@@ -70,18 +73,33 @@ def machine() -> str:
 def bench_record(detector, record: Path, runs: int) -> dict:
     """One recording through outputs.score_file, what `ecg-rnn score` runs per recording: read, quality and
     R-peaks fused over the leads, beats, rhythm, patient adaptation and model, suggested classes, and the
-    per-beat CSV, events, annotations and meta files."""
+    per-beat CSV, events, annotations and meta files; then the same without patient adaptation. Scored from
+    an unannotated copy, as a user's recording arrives (no reference annotations to read and match)."""
     import wfdb
     from wfdb import processing
 
+    no_adaptation = copy.copy(detector).set_params(adaptation=replace(detector.adaptation, steps=0))
     with tempfile.TemporaryDirectory() as tmp:
-        seconds, done = timed(lambda: score_file(detector, record, Path(tmp)), runs)
+        copied = unannotated_copy(record, Path(tmp) / "in")
+        seconds, done = timed(lambda: score_file(detector, copied, Path(tmp) / "out"), runs)
+        bare, _ = timed(lambda: score_file(no_adaptation, copied, Path(tmp) / "out"), runs)
         n_beats = done.beats
     lead = wfdb.rdrecord(str(record), channels=[0]).p_signal[:, 0]
     header = wfdb.rdheader(str(record))
     gqrs, _ = timed(lambda: processing.gqrs_detect(sig=lead, fs=header.fs), max(1, runs // 2))
-    return {"record": record.name, "beats": n_beats, "end_to_end_s": seconds, "gqrs_detect_s": gqrs,
-            "ratio_to_gqrs": seconds / gqrs}
+    return {"record": record.name, "beats": n_beats, "end_to_end_s": seconds, "without_adaptation_s": bare,
+            "gqrs_detect_s": gqrs, "ratio_to_gqrs": seconds / gqrs}
+
+
+def unannotated_copy(record: Path, folder: Path) -> Path:
+    """The record's header and signal files copied into folder, without its annotation files."""
+    import wfdb
+
+    folder.mkdir(parents=True)
+    header = wfdb.rdheader(str(record))
+    for name in {f"{record.name}.hea", *header.file_name}:
+        shutil.copy(record.parent / name, folder / name)
+    return folder / record.name
 
 
 def bench_throughput(detector, record: Path, naive_beats: int = 300) -> dict:
@@ -201,13 +219,16 @@ def report(results: dict) -> str:
         lines += ["## Scoring one 30-minute record end to end", "",
                   "`outputs.score_file`, what `ecg-rnn score` runs per recording: read, quality and R-peaks fused "
                   "over the leads, beats, rhythm, patient adaptation and model, suggested classes, CSV, events, "
-                  f"annotations and meta files (median of {r['runs']} runs, the model loaded once); reference: "
+                  f"annotations and meta files (median of {r['runs']} runs, the model loaded once), from an unannotated "
+                  "copy of the record (as a user's recording arrives); reference: "
                   "`wfdb.processing.gqrs_detect` alone on the same lead.", "",
-                  f"| record | beats | end to end (s) | gqrs_detect alone (s) | ratio (target <= 0.25) | "
-                  f"target <= {RECORD_TARGET_S:g} s |",
-                  "|---|---:|---:|---:|---:|---|",
-                  f"| {e['record']} | {e['beats']} | {e['end_to_end_s']:.3f} | {e['gqrs_detect_s']:.3f} | "
-                  f"{e['ratio_to_gqrs']:.3f} | {_verdict(e['end_to_end_s'] <= RECORD_TARGET_S)} |", ""]
+                  f"| record | beats | end to end (s, target <= {RECORD_TARGET_S:g}) | without patient adaptation "
+                  f"(s, target <= {BARE_RECORD_TARGET_S:g}) | gqrs_detect alone (s) | ratio (target <= 0.25) |",
+                  "|---|---:|---:|---:|---:|---:|",
+                  f"| {e['record']} | {e['beats']} | {e['end_to_end_s']:.3f} "
+                  f"({_verdict(e['end_to_end_s'] <= RECORD_TARGET_S)}) | {e['without_adaptation_s']:.3f} "
+                  f"({_verdict(e['without_adaptation_s'] <= BARE_RECORD_TARGET_S)}) | {e['gqrs_detect_s']:.3f} | "
+                  f"{e['ratio_to_gqrs']:.3f} |", ""]
     if "throughput" in r:
         t = r["throughput"]
         lines += ["## Model throughput", "",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from fractions import Fraction
 
@@ -32,6 +33,7 @@ RR_FEATURES = ("rr_prev_s", "rr_next_s", "rr_local_s", "rr_prev_ratio", "rr_next
 MATCH_TOLERANCE_S = 0.15  # a detected beat takes the label of a reference beat this close
 CHUNK_S = 1800.0  # long recordings are cut in half-hour chunks...
 MARGIN_S = 20.0  # ...read with this much overlap on each side
+TAIL_SHARE = 0.25  # a last chunk shorter than this share of a chunk joins the one before
 MIN_TEMPLATE_SIMILARITY = 0.3  # see template_similarity
 
 
@@ -170,12 +172,20 @@ def chunk_bounds(n: int, fs: float, align: int, chunk_s: float = CHUNK_S, margin
     """(core_start, core_stop, read_start, read_stop) per chunk. Reads overlap by a margin so filters
     and the detector's adaptive thresholds settle before the core; starts are multiples of `align`
     (the resampler's down factor, and the detector's decimation factor) so that chunks line up sample
-    for sample with the whole."""
+    for sample with the whole. A tail shorter than TAIL_SHARE of a chunk joins the chunk before it (a
+    30-minute record of 1,805 s is one chunk, not a second one of 5 s)."""
     size = max(align, int(chunk_s * fs) // align * align)
     margin = -(-int(margin_s * fs) // align) * align
-    for start in range(0, n, size):
-        stop = min(n, start + size)
+    count = _chunk_count(n, size)
+    for k in range(count):
+        start = k * size
+        stop = n if k == count - 1 else start + size
         yield start, stop, max(0, start - margin), min(n, stop + margin)
+
+
+def _chunk_count(n: int, size: int) -> int:
+    count = max(1, -(-n // size))
+    return count - 1 if count > 1 and n - (count - 1) * size < TAIL_SHARE * size else count
 
 
 @dataclass
@@ -235,16 +245,17 @@ def cut_beats(read, n: int, fs: float, name: str, ref_sample: np.ndarray, ref_sy
     for start, stop, lo, hi in bounds:
         leads = np.asarray(read(lo, hi), dtype=np.float64).reshape(hi - lo, -1)
         leads = np.column_stack([bridge_gaps(leads[:, k]) for k in range(leads.shape[1])])
-        x = leads[:, 0]
-        if use_reference:
-            found = ref_sample[(ref_sample >= start) & (ref_sample < stop)]
-            probability = np.zeros(len(found))
-        else:
-            found, segments, probability = _detected(leads, fs, lo, start, stop, quality_config)
-            noise += segments
-            if len(found) == 0 and len(bounds) == 1:  # in a long recording: a beatless stretch
-                raise SignalError(f"no heartbeats found in the {(hi - lo) / fs:.1f} s signal; is it an ECG lead?")
-        filtered = preprocess(x, fs, signal_config)
+        with ThreadPoolExecutor(max_workers=1) as pool:  # the chosen lead is filtered while R-peaks are sought
+            filtering = pool.submit(preprocess, leads[:, 0], fs, signal_config)
+            if use_reference:
+                found = ref_sample[(ref_sample >= start) & (ref_sample < stop)]
+                probability = np.zeros(len(found))
+            else:
+                found, segments, probability = _detected(leads, fs, lo, start, stop, quality_config)
+                noise += segments
+                if len(found) == 0 and len(bounds) == 1:  # in a long recording: a beatless stretch
+                    raise SignalError(f"no heartbeats found in the {(hi - lo) / fs:.1f} s signal; is it an ECG lead?")
+            filtered = filtering.result()
         offset = lo * ratio.numerator // ratio.denominator  # exact: lo is a multiple of the denominator
         centres = np.clip(np.round(found * (signal_config.fs / fs)).astype(np.int64) - offset, 0,
                           len(filtered) - 1)
@@ -289,12 +300,17 @@ def cut_source(source: RecordSource, signal_config: SignalConfig = SignalConfig(
     """Cut every beat of a recording, reading every ECG lead a chunk at a time (a 24-hour Holter stays
     within bounded memory); the result equals that of the recording read whole. See cut_beats."""
     chunk = int(chunk_s * source.fs)
-    if source.in_memory or source.sig_len <= chunk:  # held whole anyway: validate the chosen lead once
+    read = source.read_leads
+    if source.in_memory:
         validated_signal(source.read(), source.fs, source.where)
+    elif _chunk_count(source.sig_len, max(chunk, 1)) == 1:  # one chunk: every lead read once, and kept
+        leads = source.read_leads()
+        validated_signal(leads[:, 0], source.fs, source.where)
+        read = lambda start, stop: leads[start:stop]  # noqa: E731
     else:
         source.check(chunk)
     ref_sample, ref_symbol = reference_beats_of(source.annotations)
-    return cut_beats(source.read_leads, source.sig_len, source.fs, source.name, ref_sample, ref_symbol,
+    return cut_beats(read, source.sig_len, source.fs, source.name, ref_sample, ref_symbol,
                      signal_config, beat_config, peaks, chunk_s, quality_config)
 
 

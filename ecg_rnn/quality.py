@@ -34,6 +34,7 @@ Imports only numpy, scipy, ecg_rnn.errors and ecg_rnn.signal.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -68,6 +69,7 @@ class FusedPeaks:
 
 
 _FUSE_TOLERANCE_S = 0.1  # peaks of different leads this close are one beat (QRS extrema differ by lead)
+_LEAD_THREADS = 2  # leads judged at once (the machines this targets have two cores or more)
 _TIE_MARGIN = 0.5  # a clean lead this much less likely noisy than the preferred one settles ties
 _WORK_FS = 100.0  # features are computed after decimating by the largest integer keeping this rate
 _BAND_HZ = (1.0, 40.0)  # kurtosis and RMS are taken on this band (baseline and mains removed)
@@ -121,8 +123,11 @@ def fuse_leads(leads: np.ndarray, fs: float, config: QualityConfig = QualityConf
         raise SignalError(f"expected a (samples, leads) array, got shape {x.shape}")
     if peaks is not None and len(peaks) != x.shape[1]:
         raise SignalError(f"got R-peaks for {len(peaks)} leads but the signal has {x.shape[1]}")
-    per_lead = [_quality(x[:, lead], fs, config, None if peaks is None else peaks[lead])
-                for lead in range(x.shape[1])]
+    # each lead on its own thread: filtering, R-peak detection and medians release the GIL, so two
+    # cores judge two leads at once
+    with ThreadPoolExecutor(max_workers=min(x.shape[1], _LEAD_THREADS)) as pool:
+        per_lead = list(pool.map(lambda lead: _quality(x[:, lead], fs, config, None if peaks is None else peaks[lead]),
+                                 range(x.shape[1])))
     noisy = np.column_stack([flags for flags, _, _ in per_lead])
     probability = np.column_stack([p for _, p, _ in per_lead])
     # the preferred lead per window is the first clean one in the caller's order (R-peak positions

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ecg_rnn.beats import (AAMI_OF_SYMBOL, RR_FEATURES, BeatConfig, aami_class, beats_from_record, cut_source,
-                           cut_windows, match_reference, normalise, rr_context)
+from ecg_rnn.beats import (AAMI_OF_SYMBOL, RR_FEATURES, TAIL_SHARE, BeatConfig, aami_class, beats_from_record,
+                           chunk_bounds, cut_source, cut_windows, match_reference, normalise, rr_context)
 from ecg_rnn import quality
 from ecg_rnn.errors import SignalError
 from ecg_rnn.quality import QualityConfig
@@ -146,6 +146,22 @@ def test_normalise_beat_zscores():
         BeatConfig(normalisation="global")
 
 
+@given(n=st.integers(1, 20_000), size=st.integers(1, 3_000), align=st.integers(1, 7))
+@settings(max_examples=200, deadline=None)
+def test_chunks_cover_the_signal_once_and_a_short_tail_joins_the_last(n, size, align):
+    bounds = list(chunk_bounds(n, 1.0, align, chunk_s=size, margin_s=3))
+    cores = [(start, stop) for start, stop, _, _ in bounds]
+    assert cores[0][0] == 0 and cores[-1][1] == n
+    assert all(a[1] == b[0] for a, b in zip(cores, cores[1:]))  # contiguous, no overlap
+    assert all(start % align == 0 for start, _ in cores)
+    assert all(lo <= start < stop <= hi <= n for start, stop, lo, hi in bounds)
+    full = max(align, size // align * align)
+    assert all(stop - start == full for start, stop in cores[:-1])
+    last = cores[-1][1] - cores[-1][0]
+    assert last < full + TAIL_SHARE * full  # a tail only joins when short
+    assert len(cores) == 1 or last >= TAIL_SHARE * full
+
+
 @pytest.mark.parametrize("peaks", ["detect", "reference"])
 def test_chunked_reading_equals_the_whole_record(tmp_path, sample_dir, peaks):
     from benchmarks.holter import build_holter
@@ -154,7 +170,7 @@ def test_chunked_reading_equals_the_whole_record(tmp_path, sample_dir, peaks):
 
     path = build_holter(tmp_path / "long", sample_dir, ("100", "208", "232"))  # 1.5 h, one lead
     source = open_record(path)
-    chunked = beats_from_source(source, peaks=peaks, chunk_s=300)  # 18 chunk borders
+    chunked = beats_from_source(source, peaks=peaks, chunk_s=300)  # 17 chunks, the last 317 s long
     whole = beats_from_record(read_record(path), peaks=peaks, chunk_s=1e9)
     assert source.sig_len == 3 * 650000
     assert np.array_equal(chunked.sample, whole.sample)
