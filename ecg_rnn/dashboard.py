@@ -36,7 +36,7 @@ from ecg_rnn.errors import CheckpointError, DataNotFoundError
 from ecg_rnn.records import RecordSource
 from ecg_rnn.reviews import Review, ReviewStore, episode_key
 from ecg_rnn.rhythm import Episode, in_episodes
-from ecg_rnn.scoring import score_source
+from ecg_rnn.scoring import flag_beats, score_source
 from ecg_rnn.suggest import QRS_WINDOW_S, BeatLayout, SuggestConfig, qrs_width
 
 RUNS_ENV = "ECG_RNN_RUNS_DIR"  # where user-trained models are looked for (default: runs/)
@@ -308,9 +308,12 @@ def noise_beats(a: Analysis, episodes: list[Episode] | None = None) -> np.ndarra
 
 
 def flags_at(a: Analysis, percentile: float, noise: np.ndarray | None = None) -> np.ndarray:
-    """Re-flag every beat at a percentile threshold (no model call); beats marked in `noise` never are."""
-    flags = a.score > score_threshold(a, percentile)
-    return flags & ~noise if noise is not None else flags
+    """Re-flag every beat at a percentile threshold (no model call) as `ecg-rnn score` flags them
+    (scoring.flag_beats: inside AF suggested V beats too); beats marked in `noise` never are."""
+    none = np.zeros(len(a), bool)
+    return flag_beats(a.score, score_threshold(a, percentile), none if noise is None else noise,
+                      none if a.rhythm is None else a.rhythm == AF,
+                      np.full(len(a), "") if a.suggested is None else a.suggested)
 
 
 def heart_rate_bpm(a: Analysis) -> float:

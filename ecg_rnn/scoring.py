@@ -26,6 +26,7 @@ from ecg_rnn.suggest import suggest_classes
 NOISE_QUALITY = "noise"  # `quality` of a beat in noise
 OK_QUALITY = "ok"
 AF_RHYTHM = "AF"  # `rhythm` of a beat in atrial fibrillation
+VENTRICULAR = "V"  # the suggested class flagged inside AF whatever its score (flag_beats)
 # per-record statistics of a longer recording are taken per stretch of at most this long (see in_stretches);
 # an hour leaves every MIT-BIH record (30 min) whole, so the evaluated figures hold unchanged
 LONGEST_STRETCH_S = 3600.0
@@ -87,6 +88,17 @@ def in_stretches(beats: Beats, longest_s: float = LONGEST_STRETCH_S) -> Beats:
     return dataclasses.replace(beats, record=names.astype(str)) if split else beats
 
 
+def flag_beats(score: np.ndarray, threshold: float, in_noise: np.ndarray, in_af: np.ndarray,
+               suggested_class: np.ndarray) -> np.ndarray:
+    """A beat is flagged when its score passes the threshold, or, inside AF, when the suggestion calls it
+    ventricular: there the rhythm terms are off (a short RR is the rhythm), the score stands on morphology
+    alone and misses deformed beats in a record whose own beats vary widely (MIT-BIH 203), while the
+    suggestion's evidence of ventricular origin (a wide QRS, a morphology family of its own) does not
+    depend on the rhythm. Never inside noise."""
+    ventricular_in_af = np.asarray(in_af, dtype=bool) & (np.asarray(suggested_class) == VENTRICULAR)
+    return ((np.asarray(score) > threshold) | ventricular_in_af) & ~np.asarray(in_noise, dtype=bool)
+
+
 def score_beats(detector: RecurrentAEDetector, cut: CutBeats, has_reference: bool,
                 rhythm_config: RhythmConfig = RhythmConfig(),
                 longest_stretch_s: float = LONGEST_STRETCH_S) -> ScoredBeats:
@@ -94,7 +106,7 @@ def score_beats(detector: RecurrentAEDetector, cut: CutBeats, has_reference: boo
     (outside the noise segments; the beats' pre-QRS samples add the atrial evidence when their windows
     hold them), scores (inside AF by morphology: a short RR there is the rhythm, not ectopy; beats the
     quality stage finds likely noisy calibrated among themselves, RecurrentAEDetector.analyse),
-    percentiles among held-out normals, flags (never inside noise) and suggested classes. Recordings
+    percentiles among held-out normals, flags (flag_beats; never inside noise) and suggested classes. Recordings
     longer than longest_stretch_s take their per-record statistics per stretch (in_stretches)."""
     beats, noise_segments = cut.beats, cut.noise_segments
     noise = [Episode(NOISE_QUALITY, a, b) for a, b in noise_segments]
@@ -111,7 +123,8 @@ def score_beats(detector: RecurrentAEDetector, cut: CutBeats, has_reference: boo
         analysis = detector.analyse(stretches, in_af=in_af, noise_probability=cut.noise_probability)
         suggested = suggestion.result()
     return ScoredBeats(beats=beats, analysis=analysis, percentile=detector.percentile(analysis.score),
-                       flagged=(analysis.score > detector.threshold_) & ~in_noise, has_reference=has_reference,
+                       flagged=flag_beats(analysis.score, detector.threshold_, in_noise, in_af, suggested),
+                       has_reference=has_reference,
                        quality=np.where(in_noise, NOISE_QUALITY, OK_QUALITY),
                        rhythm=np.where(in_af, AF_RHYTHM, ""), suggested_class=suggested,
                        episodes=sorted(af + noise, key=lambda e: e.start_s))

@@ -5,7 +5,11 @@ from __future__ import annotations
 import numpy as np
 
 from ecg_rnn.beats import Beats
-from ecg_rnn.scoring import LONGEST_STRETCH_S, in_stretches
+from ecg_rnn.detector import RecurrentAEDetector
+from ecg_rnn.paths import default_model_path
+from ecg_rnn.records import open_record
+from ecg_rnn.scoring import AF_RHYTHM, LONGEST_STRETCH_S, flag_beats, in_stretches, score_source
+from local_data import mitdb_record
 
 
 def _beats(record: str, seconds: float, rr_s: float = 0.8) -> Beats:
@@ -30,3 +34,25 @@ def test_a_day_is_cut_into_equal_stretches_and_a_half_hour_stays_whole():
         assert t.max() - t.min() <= LONGEST_STRETCH_S and np.all(np.diff(t) > 0)
     assert (cut.sample == both.sample).all() and (both.record[: len(day)] == "holter").all()  # input untouched
     assert in_stretches(short) is short
+
+
+def test_inside_af_a_suggested_ventricular_beat_is_flagged_whatever_its_score():
+    score = np.array([9.0, 1.0, 1.0, 1.0, 9.0])
+    in_af = np.array([False, True, False, True, True])
+    suggested = np.array(["N", "V", "V", "S", "V"])
+    in_noise = np.array([False, False, False, False, True])
+    flags = flag_beats(score, 5.0, in_noise, in_af, suggested)
+    assert flags.tolist() == [True, True, False, False, False]  # AF + V: flagged; outside AF: the score; noise: never
+
+
+def test_mitbih_203_ventricular_beats_inside_af_are_flagged():
+    """203: AF with multiform ventricular beats in a record whose own beats vary widely; against its own
+    spread half of its V beats inside AF score below the threshold."""
+    detector = RecurrentAEDetector.load(default_model_path())
+    scored = score_source(detector, open_record(mitdb_record("203")))
+    in_af, v = scored.rhythm == AF_RHYTHM, scored.beats.aami == "V"
+    by_score = scored.analysis.score > detector.threshold_
+    assert (v & in_af).sum() > 300 and by_score[v & in_af].mean() < 0.7
+    assert scored.flagged[v & in_af].mean() > 0.85
+    assert np.array_equal(scored.flagged & ~by_score, in_af & (scored.suggested_class == "V") & ~by_score
+                          & (scored.quality != "noise"))
