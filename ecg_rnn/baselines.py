@@ -28,6 +28,7 @@ TEMPLATE_RR_WEIGHTS = ScoreWeights(recon=0.0, distance=1.0, premature=0.5, pause
 TEMPLATE_RR_PERCENTILE = 95.0
 TEMPLATE_RR_RECORD_SCALE = "lower_half"
 TEMPLATE_RR_REFERENCE_BEATS = 128
+TEMPLATE_RR_PREVIOUS_SHARE = 0.0
 
 
 class FeatureBaseline:
@@ -71,15 +72,18 @@ class TemplateRRBaseline:
 
     def __init__(self, weights: ScoreWeights = TEMPLATE_RR_WEIGHTS, calibrate_per_record: bool = True,
                  threshold_percentile: float = TEMPLATE_RR_PERCENTILE, record_scale: str = TEMPLATE_RR_RECORD_SCALE,
-                 rr_reference_beats: int = TEMPLATE_RR_REFERENCE_BEATS):
+                 rr_reference_beats: int = TEMPLATE_RR_REFERENCE_BEATS,
+                 rr_previous_share: float = TEMPLATE_RR_PREVIOUS_SHARE):
         self.weights = weights
         self.calibrate_per_record = calibrate_per_record
         self.record_scale = record_scale
         self.threshold_percentile = threshold_percentile
         self.rr_reference_beats = rr_reference_beats
+        self.rr_previous_share = rr_previous_share
 
     def _raw(self, population: Beats) -> dict[str, np.ndarray]:
-        premature, pause = rhythm_terms(population.rr, rr_reference(population, window_beats=self.rr_reference_beats))
+        premature, pause = rhythm_terms(population.rr, rr_reference(population, window_beats=self.rr_reference_beats,
+                                                                      previous_share=self.rr_previous_share))
         return {"recon": np.zeros(len(population)), "distance": template_distances(population),
                 "premature": premature, "pause": pause}
 

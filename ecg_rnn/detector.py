@@ -10,10 +10,12 @@ Score of a beat (higher = more abnormal), every term a robust z-score, z(x) = (x
   (median) beat and the beat's RR context (see ecg_rnn.model). With `adaptation` (ecg_rnn.adapt) the
   autoencoder is first fine-tuned on the recording's own typical beats, without labels;
 - template distance: the beat's mean squared difference from the record's template beat;
-- prematurity = -log(rr_prev / RR90), RR90 = the 90th percentile of the RR intervals of the
-  `rr_reference_beats` beats of the record around the beat (its slow, undisturbed cycles of the last few
-  minutes: robust to frequent ectopy, where a local median is not, and following heart-rate changes,
-  which one RR90 for the whole record does not);
+- prematurity = -log(rr_prev / reference), reference = RR90^(1 - s) * RR_before^s with s =
+  `rr_previous_share`: RR90 = the 90th percentile of the RR intervals of the `rr_reference_beats` beats
+  of the record around the beat (its slow, undisturbed cycles of the last few minutes: robust to
+  frequent ectopy, where a local median is not, and following heart-rate changes, which one RR90 for
+  the whole record does not), RR_before = the cycle just before the beat's own (an ectopic beat is early
+  against it too; after a sudden rate change, a run of 1:1 conduction after block, the beats are not);
 - pause = log(rr_next_ratio): compensatory pause after the beat.
 Rhythm terms only add evidence (clipped at 0): a late beat does not make a deformed beat normal; inside
 atrial fibrillation (`in_af`) they add nothing, since a short RR there is the rhythm, not ectopy.
@@ -53,7 +55,7 @@ from ecg_rnn import __version__
 from ecg_rnn.adapt import AdaptConfig, adapt
 from ecg_rnn.beats import BeatConfig, Beats
 from ecg_rnn.errors import CheckpointError
-from ecg_rnn.features import (DEFAULT_RECORD_SCALE, DEFAULT_RR_REFERENCE_BEATS, MORPHOLOGY_TERMS, MSE_EPS,
+from ecg_rnn.features import (DEFAULT_RECORD_SCALE, DEFAULT_RR_PREVIOUS_SHARE, DEFAULT_RR_REFERENCE_BEATS, MORPHOLOGY_TERMS, MSE_EPS,
                               RHYTHM_TERMS, TERMS, ScoreWeights, beat_zscore, calibrate, check_record_scale, combine,
                               model_inputs, record_population, rhythm_terms, rr_reference, template_distances,
                               zscores)
@@ -93,7 +95,7 @@ AfMask = Callable[[Beats], np.ndarray]
 
 PARAMS = ("model", "training", "signal", "beats", "threshold_percentile", "rhythm_weight", "pause_weight",
           "distance_weight", "calibrate_per_record", "record_scale", "adaptation", "rr_reference_beats",
-          "noise_stratum_probability")
+          "rr_previous_share", "noise_stratum_probability")
 
 
 @dataclass
@@ -121,6 +123,7 @@ class RecurrentAEDetector:
                  record_scale: str = DEFAULT_RECORD_SCALE,
                  adaptation: AdaptConfig = DEFAULT_ADAPTATION,
                  rr_reference_beats: int = DEFAULT_RR_REFERENCE_BEATS,
+                 rr_previous_share: float = DEFAULT_RR_PREVIOUS_SHARE,
                  noise_stratum_probability: float = DEFAULT_NOISE_STRATUM_PROBABILITY):
         # stored as given (scikit-learn convention: get_params / clone); checked in fit and load
         self.model = model
@@ -135,6 +138,7 @@ class RecurrentAEDetector:
         self.record_scale = record_scale
         self.adaptation = adaptation
         self.rr_reference_beats = rr_reference_beats
+        self.rr_previous_share = rr_previous_share
         self.noise_stratum_probability = noise_stratum_probability
 
     def get_params(self, deep: bool = False) -> dict:
@@ -150,7 +154,7 @@ class RecurrentAEDetector:
 
     def _check_settings(self) -> None:
         """What fit and load refuse before any work: a beat window unlike the model's, an unknown scale, a
-        negative RR90 window, a noise probability outside 0..1."""
+        negative RR90 window, a previous-cycle share or a noise probability outside 0..1."""
         pre, post = self.beats.window_samples(self.signal.fs)
         if pre + post != self.model.window:
             raise ValueError(f"the beat window is {pre + post} samples at {self.signal.fs:g} Hz but the model "
@@ -159,6 +163,8 @@ class RecurrentAEDetector:
         if int(self.rr_reference_beats) != self.rr_reference_beats or self.rr_reference_beats < 0:
             raise ValueError(f"rr_reference_beats must be a whole number of beats >= 0 (0: the whole record), "
                              f"not {self.rr_reference_beats!r}")
+        if not 0.0 <= self.rr_previous_share <= 1.0:
+            raise ValueError(f"rr_previous_share must be within 0..1 (0: RR90 alone), not {self.rr_previous_share!r}")
         if not 0.0 <= self.noise_stratum_probability <= 1.0:
             raise ValueError(f"noise_stratum_probability must be within 0..1 (1: no noisy stratum), "
                              f"not {self.noise_stratum_probability!r}")
@@ -166,6 +172,9 @@ class RecurrentAEDetector:
     def _inputs(self, beats: Beats, context: Beats | None) -> dict[str, np.ndarray]:
         return model_inputs(beats, self.model.window, per_beat_norm=self.model.input_norm == "beat",
                             with_template=self.model.context, context=context)
+
+    def _rr_reference(self, beats: Beats, context: Beats | None = None) -> np.ndarray:
+        return rr_reference(beats, context, self.rr_reference_beats, self.rr_previous_share)
 
     @property
     def weights(self) -> ScoreWeights:
@@ -219,7 +228,7 @@ class RecurrentAEDetector:
         population, rows = record_population(held_out, context)
         raw = self.raw_terms(population)[0]
         normals = Beats.concat([fit_part, held_out])
-        premature, pause = rhythm_terms(normals.rr, rr_reference(normals, context, self.rr_reference_beats))
+        premature, pause = rhythm_terms(normals.rr, self._rr_reference(normals, context))
         self.calibration_ = {**calibrate({k: raw[k][rows] for k in MORPHOLOGY_TERMS}, MORPHOLOGY_TERMS),
                              **calibrate({"premature": premature, "pause": pause}, RHYTHM_TERMS)}
         in_af = af_mask(population)[rows] if af_mask is not None else None
@@ -284,7 +293,7 @@ class RecurrentAEDetector:
                     self._forward(tuned, part, out=(mse[rows], recon[rows], codes[rows]))
                 else:
                     mse[rows], recon[rows], codes[rows] = self._forward(tuned, part)
-        premature, pause = rhythm_terms(population.rr, rr_reference(population, window_beats=self.rr_reference_beats))
+        premature, pause = rhythm_terms(population.rr, self._rr_reference(population))
         raw = {"recon": np.log(mse.astype(np.float64) + MSE_EPS), "distance": distance,
                "premature": premature, "pause": pause}
         return raw, recon, codes
@@ -371,6 +380,7 @@ class RecurrentAEDetector:
                                     "calibrate_per_record": self.calibrate_per_record,
                                     "record_scale": self.record_scale,
                                     "rr_reference_beats": self.rr_reference_beats,
+                                    "rr_previous_share": self.rr_previous_share,
                                     "noise_stratum_probability": self.noise_stratum_probability,
                                     "adaptation": self.adaptation.to_dict(),
                                     "calibration": self.calibration_, "components": list(COMPONENTS)},
@@ -430,6 +440,7 @@ class RecurrentAEDetector:
                       # RR90 from the whole record, and no noisy stratum
                       record_scale=str(det_meta.get("record_scale", "all_beats")),
                       rr_reference_beats=int(det_meta.get("rr_reference_beats", 0)),
+                      rr_previous_share=float(det_meta.get("rr_previous_share", 0.0)),
                       noise_stratum_probability=float(det_meta.get("noise_stratum_probability", 1.0)))
             det._check_settings()
             model = RecurrentAutoencoder(det.model)

@@ -29,6 +29,11 @@ RR_REFERENCE_PERCENTILE = 90.0
 # record), so heart-rate changes (exercise, sleep, runs of block) do not make a faster stretch look
 # premature; selected by cross-validation on DS1 (docs/evaluation/selection.md)
 DEFAULT_RR_REFERENCE_BEATS = 128
+# how far (geometrically) the prematurity reference leans from RR90 towards the cycle just before the
+# beat's. Leaning spares a sudden rate change (a run of 1:1 conduction after block, AF the rhythm stage
+# missed), whose cycles are short against RR90 but not against each other, and it won DS1's search; but
+# it spares runs of frequent atrial ectopy the same way, so it stays off (docs/evaluation/README.md)
+DEFAULT_RR_PREVIOUS_SHARE = 0.0
 PERCENTILE_BLOCK = 4096  # windows whose percentile is taken at once (bounded memory on 24-hour recordings)
 # a record's own location and scale weigh n / (n + this) against the training calibration: a 10-beat strip
 # leans on the training data, a half-hour record (2,000 beats) on itself
@@ -68,17 +73,23 @@ def _windowed_percentile(x: np.ndarray, window: int) -> np.ndarray:
     return per_start[starts]
 
 
-def rr_reference(beats: Beats, context: Beats | None = None,
-                 window_beats: int = DEFAULT_RR_REFERENCE_BEATS) -> np.ndarray:
-    """The local RR90 of each beat, in seconds: the 90th percentile of the previous-RR intervals of the
-    `window_beats` beats of its record around it, in time order (0: of all the record's beats). context:
-    all beats of the same records, when `beats` is only part of them."""
+def rr_reference(beats: Beats, context: Beats | None = None, window_beats: int = DEFAULT_RR_REFERENCE_BEATS,
+                 previous_share: float = 0.0) -> np.ndarray:
+    """The prematurity reference of each beat, in seconds: RR90^(1 - previous_share) * RR_before^previous_share.
+    RR90: the 90th percentile of the previous-RR intervals of the `window_beats` beats of its record
+    around it, in time order (0: of all the record's beats); RR_before: the cycle before the beat's own
+    (the previous beat's previous RR; the record's first beat uses its own). context: all beats of the
+    same records, when `beats` is only part of them."""
     population, rows = record_population(beats, context)
     reference = np.zeros(len(population))
     for name in np.unique(population.record):
         idx = np.flatnonzero(population.record == name)
         idx = idx[np.argsort(population.time_s[idx], kind="stable")]
-        reference[idx] = _windowed_percentile(population.rr[idx, 0].astype(np.float64), int(window_beats))
+        rr_prev = population.rr[idx, 0].astype(np.float64)
+        rr90 = _windowed_percentile(rr_prev, int(window_beats))
+        before = np.r_[rr_prev[:1], rr_prev[:-1]]
+        reference[idx] = np.exp((1.0 - previous_share) * np.log(np.maximum(rr90, RR_EPS_S))
+                                + previous_share * np.log(np.maximum(before, RR_EPS_S)))
     return reference[rows]
 
 

@@ -81,8 +81,10 @@ def write_plots(run_dir: Path, history: list[dict] | None, scored: dict[str, tup
     return written
 
 
-def _rr90_span(window_beats: int) -> str:
-    return f"of the {window_beats} beats around the beat" if window_beats else "of the whole record"
+def _prematurity_reference(d: dict) -> str:
+    window, share = d.get("rr_reference_beats", 0), d.get("rr_previous_share", 0.0)
+    rr90 = f"RR90 of the {window} beats around the beat" if window else "RR90 of the whole record"
+    return f"{rr90}, leaning {share:g} (geometrically) to the cycle before the beat's" if share else rr90
 
 
 def _calibration_text(d: dict) -> str:
@@ -112,7 +114,7 @@ def write_model_card(path: Path, det, metrics: dict[str, dict], extra: dict | No
              f"{'bidirectional' if mc['bidirectional'] else 'unidirectional'} encoder, "
              f"{mc['step_samples']} samples/step, context (template + RR, residual decoder): {mc['context']}.", "",
              f"Score: z(log recon MSE) + {d.get('distance_weight', 0.0)} * z(log template distance) + "
-             f"{d['rhythm_weight']} * max(0, z(prematurity vs RR90 {_rr90_span(d.get('rr_reference_beats', 0))}))"
+             f"{d['rhythm_weight']} * max(0, z(prematurity vs {_prematurity_reference(d)}))"
              f" + {d['pause_weight']} * max(0, z(pause)); threshold {d['threshold']:.3f} "
              f"(the {d['threshold_percentile']:g}th percentile of held-out normal scores).", "",
              f"Calibration: {_calibration_text(d)}.", "",

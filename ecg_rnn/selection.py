@@ -4,7 +4,7 @@ DS1's 22 records are split into folds by record (seeded). For each fold a detect
 normal beats of the other folds (early stopping and calibration on records held out from those, as
 `ecg-rnn train` does) and scores every beat of the fold's records as a new recording is scored: whole
 records, per-record calibration and adaptation from the record's own beats, the rhythm stage's AF mask.
-Choices that need no retraining (patient adaptation, score weights, calibration, the RR90 window,
+Choices that need no retraining (patient adaptation, score weights, calibration, the prematurity reference,
 threshold percentile) are evaluated on the same fold models; each model candidate trains its own fold models. The test
 records are also scored on their other lead (V1 mostly), as a check of how choices transfer.
 
@@ -13,7 +13,8 @@ threshold's promise on the other lead (a recording unlike the training data: at 
 3 % to 8 % of its normal beats flagged), the one with the best pooled average precision (default lead)
 wins. Then, for that model, the window of the local RR90 (the prematurity term's reference), with the
 weights and calibration searched again for each window (stored terms hold the whole-record RR90; the
-others are computed from the beats, which needs no model); then the most sensitive threshold percentile whose pooled specificity (each beat against its own
+others are computed from the beats, which needs no model); a reference leaning to the cycle before the
+beat's is measured beside it but not eligible; then the most sensitive threshold percentile whose pooled specificity (each beat against its own
 fold's threshold) is at least MIN_SPECIFICITY. The no-learning template + RR score gets the same search
 over its own weights, so the comparison is fair. DS2 is never read here: it is scored once, by
 `ecg-rnn evaluate`, with what this selected.
@@ -102,6 +103,8 @@ class SelectionConfig:
     pause_weights: tuple[float, ...] = (0.0, 0.1, 0.3, 0.6)
     percentiles: tuple[float, ...] = (90.0, 92.5, 95.0, 96.0, 97.0, 98.0, 99.0)
     rr_reference_windows: tuple[int, ...] = (0, 64, 128, 256, 512)  # beats; 0: RR90 of the whole record
+    # the selected reference leaning this far to the cycle before the beat's: ablation rows, not searched
+    rr_previous_shares: tuple[float, ...] = (0.25, 0.5, 0.75)
     af_masks: tuple[str, ...] = AF_MASKS  # the first is what scoring uses (selected with); the others: ablation
 
 
@@ -276,13 +279,15 @@ def refresh_af_masks(terms: dict[tuple[int, int], FoldTerms], data: SelectionDat
         set_af_masks(t, held, test, masks)
 
 
-def with_rr_window(folds: list[FoldTerms], data: SelectionData, window: int) -> list[FoldTerms]:
-    """The fold terms with the prematurity term against the local RR90 of `window` beats (stored terms
-    hold the whole record's, window 0). Prematurity depends on the beats alone, not on the model."""
-    if window == 0:
+def with_rr_reference(folds: list[FoldTerms], data: SelectionData, window: int,
+                      previous_share: float = 0.0) -> list[FoldTerms]:
+    """The fold terms with the prematurity term against the reference of features.rr_reference (the local
+    RR90 of `window` beats leaning `previous_share` to the cycle before; stored terms hold the whole
+    record's RR90 alone). Prematurity depends on the beats alone, not on the model."""
+    if window == 0 and previous_share == 0.0:
         return folds
     beats = data.beats
-    premature = rhythm_terms(beats.rr, rr_reference(beats, window_beats=window))[0]
+    premature = rhythm_terms(beats.rr, rr_reference(beats, window_beats=window, previous_share=previous_share))[0]
     out = []
     for t in folds:
         test, held = np.isin(beats.record, np.unique(t.test_record)), np.isin(beats.record, np.unique(t.held_record))
@@ -434,26 +439,39 @@ def _adapt_label(a: AdaptConfig) -> str:
     return "off" if a.steps == 0 else f"{a.steps} steps, lr {a.lr:g}"
 
 
-def _window_label(window: int) -> str:
-    return "RR90 of the whole record" if window == 0 else f"RR90 over {window} beats"
+def _window_label(window: int, previous_share: float = 0.0) -> str:
+    rr90 = "RR90 of the whole record" if window == 0 else f"RR90 over {window} beats"
+    return rr90 if previous_share == 0.0 else f"{rr90}, leaning {previous_share:g} to the cycle before"
 
 
-def best_window(folds: list[FoldTerms], data: SelectionData, config: SelectionConfig,
-                learned: bool) -> tuple[list[dict], dict]:
-    """Every RR90 window with its best weights and calibration, and the best of them by pooled AP."""
+def best_reference(folds: list[FoldTerms], data: SelectionData, config: SelectionConfig, learned: bool,
+                   references: list[tuple[int, float]]) -> tuple[list[dict], dict]:
+    """Every prematurity reference (RR90 window, previous-cycle share) with its best weights and
+    calibration, and the best of them by pooled AP."""
     found = []
-    for window in config.rr_reference_windows:
-        with_window = with_rr_window(folds, data, window)
-        ap, weights, calibration = best_weights(with_window, config, learned)
-        found.append({"window": window, "folds": with_window, "ap": ap, "weights": weights,
+    for window, share in references:
+        with_reference = with_rr_reference(folds, data, window, share)
+        ap, weights, calibration = best_weights(with_reference, config, learned)
+        found.append({"window": window, "share": share, "folds": with_reference, "ap": ap, "weights": weights,
                       "calibration": calibration})
     return found, max(found, key=lambda f: f["ap"])
+
+
+def best_rr_reference(folds: list[FoldTerms], data: SelectionData, config: SelectionConfig,
+                      learned: bool) -> tuple[list[dict], dict]:
+    """The RR90 window with its best weights: every setting tried and the pick. The winner's reference
+    leaning to the cycle before the beat's (config.rr_previous_shares) is measured too, as ablation rows,
+    but not eligible (docs/evaluation/README.md: it drops frequent atrial ectopy as a rate change)."""
+    windows, pick = best_reference(folds, data, config, learned, [(w, 0.0) for w in config.rr_reference_windows])
+    leaning = best_reference(folds, data, config, learned,
+                             [(pick["window"], share) for share in config.rr_previous_shares])[0]
+    return windows + leaning, pick
 
 
 def selection_report(config: SelectionConfig, terms: dict[int, dict[tuple[int, int], FoldTerms]],
                      folds: list[tuple[str, ...]], data: SelectionData) -> dict:
     """Search the score settings of every (candidate, adaptation) with the whole record's RR90; then the
-    RR90 window of the winner (and of the no-learning score); the ablation rows of the winner."""
+    prematurity reference of the winner (and of the no-learning score); the ablation rows of the winner."""
     af = config.af_masks[0]
 
     def fold_list(c, a):
@@ -464,11 +482,11 @@ def selection_report(config: SelectionConfig, terms: dict[int, dict[tuple[int, i
         ap, weights, calibration = best_weights(fold_list(c, a), config, learned=True)
         found.append({"candidate": c, "adaptation": a, "ap": ap, "weights": weights, "calibration": calibration})
     best = max(found, key=lambda f: f["ap"])
-    windows, pick = best_window(fold_list(best["candidate"], best["adaptation"]), data, config, learned=True)
+    windows, pick = best_rr_reference(fold_list(best["candidate"], best["adaptation"]), data, config, learned=True)
     chosen, w, calib = pick["folds"], pick["weights"], pick["calibration"]
     percentile = best_percentile(chosen, w, calib, config)
-    base_windows, base_pick = best_window(fold_list(best["candidate"], best["adaptation"]), data, config,
-                                          learned=False)
+    base_windows, base_pick = best_rr_reference(fold_list(best["candidate"], best["adaptation"]), data, config,
+                                                learned=False)
     base_folds, base_w, base_calib = base_pick["folds"], base_pick["weights"], base_pick["calibration"]
     base_pct = best_percentile(base_folds, base_w, base_calib, config)
 
@@ -483,8 +501,8 @@ def selection_report(config: SelectionConfig, terms: dict[int, dict[tuple[int, i
                      f"{_adapt_label(config.adaptations[f['adaptation']])} (its best weights, "
                      f"{_window_label(0)})")
             rows.append(row(label, fold_list(f["candidate"], f["adaptation"]), f["weights"], f["calibration"]))
-    rows += [row(f"{_window_label(f['window'])} (its best weights)", f["folds"], f["weights"], f["calibration"])
-             for f in windows if f is not pick]
+    rows += [row(f"{_window_label(f['window'], f['share'])} (its best weights)", f["folds"], f["weights"],
+                 f["calibration"]) for f in windows if f is not pick]
     rows += [row(f"morphology calibrated {CALIBRATION_LABELS[c]}", chosen, w, c) for c in CALIBRATIONS if c != calib]
     rows += [row("template distance weight 0", chosen, dataclasses.replace(w, distance=0.0), calib),
              row("rhythm terms off", chosen, dataclasses.replace(w, premature=0.0, pause=0.0), calib),
@@ -494,7 +512,7 @@ def selection_report(config: SelectionConfig, terms: dict[int, dict[tuple[int, i
     rows += [row(f"{NO_LEARNING} (its best weights)", base_folds, base_w, base_calib, pct=base_pct),
              *(row(f"{NO_LEARNING}, morphology calibrated {CALIBRATION_LABELS[c]}", base_folds, base_w, c,
                    pct=base_pct) for c in CALIBRATIONS if c != base_calib)]
-    rows += [row(f"{NO_LEARNING}, {_window_label(f['window'])} (its best weights)", f["folds"], f["weights"],
+    rows += [row(f"{NO_LEARNING}, {_window_label(f['window'], f['share'])} (its best weights)", f["folds"], f["weights"],
                  f["calibration"], pct=base_pct) for f in base_windows if f is not base_pick]
     rows += [row(f"{NO_LEARNING}, AF mask: {kind}", base_folds, base_w, base_calib, pct=base_pct, mask=kind)
              for kind in config.af_masks[1:]]
@@ -512,13 +530,16 @@ def selection_report(config: SelectionConfig, terms: dict[int, dict[tuple[int, i
                      "other_lead_training": candidate.other_lead_training,
                      "adaptation": config.adaptations[best["adaptation"]].to_dict(),
                      "weights": dataclasses.asdict(w), **calibration_params(calib),
-                     "rr_reference_beats": pick["window"], "threshold_percentile": percentile, "af_mask": af},
+                     "rr_reference_beats": pick["window"], "rr_previous_share": pick["share"],
+                     "threshold_percentile": percentile, "af_mask": af},
         "no_learning": {"weights": dataclasses.asdict(base_w), **calibration_params(base_calib),
-                        "rr_reference_beats": base_pick["window"], "threshold_percentile": base_pct},
+                        "rr_reference_beats": base_pick["window"], "rr_previous_share": base_pick["share"],
+                        "threshold_percentile": base_pct},
         "grid": {"candidates": [c.name for c in config.candidates],
                  "adaptations": [a.to_dict() for a in config.adaptations],
                  "distance_weights": config.distance_weights, "rhythm_weights": config.rhythm_weights,
                  "pause_weights": config.pause_weights, "rr_reference_windows": config.rr_reference_windows,
+                 "rr_previous_shares": config.rr_previous_shares,
                  "percentiles": config.percentiles},
         "rows": rows,
     }
@@ -568,11 +589,12 @@ def selection_markdown(report: dict, plain: dict | None, speed: list[dict] | Non
         f"- score: {sel['weights']['recon']:g} * z(recon) + {sel['weights']['distance']:g} * z(template distance) + "
         f"{sel['weights']['premature']:g} * max(0, z(prematurity)) + {sel['weights']['pause']:g} * max(0, z(pause)); "
         f"morphology calibrated {_calibration_label(sel)}; prematurity against the "
-        f"{_window_label(sel['rr_reference_beats'])};",
+        f"{_window_label(sel['rr_reference_beats'], sel.get('rr_previous_share', 0.0))};",
         f"- threshold: the {sel['threshold_percentile']:g}th percentile of held-out normal scores;",
         f"- the no-learning template + RR score, by the same search: {report['no_learning']['weights']['premature']:g}"
         f" * prematurity, {report['no_learning']['weights']['pause']:g} * pause, calibrated "
-        f"{_calibration_label(report['no_learning'])}, {_window_label(report['no_learning']['rr_reference_beats'])}, "
+        f"{_calibration_label(report['no_learning'])}, "
+        f"{_window_label(report['no_learning']['rr_reference_beats'], report['no_learning'].get('rr_previous_share', 0.0))}, "
         f"{report['no_learning']['threshold_percentile']:g}th percentile.", "",
         f"Out of fold, the selected detector reaches ROC-AUC {chosen['roc_auc']:.3f} and AP {chosen['ap']:.3f}; "
         f"the no-learning score {base['roc_auc']:.3f} and {base['ap']:.3f}: the autoencoder adds "
@@ -580,7 +602,10 @@ def selection_markdown(report: dict, plain: dict | None, speed: list[dict] | Non
         "## Ablation (every row from the same fold models, the same out-of-fold beats)", "",
         "Rows named `model ..., adaptation ...` are the other candidates, each with the weights best for it "
         "(with the whole record's RR90, the first stage of the search); rows named `RR90 ...` are the second "
-        "stage, the selected model with another RR90 window and the weights best for it; the others change one "
+        "stage, the selected model with another RR90 window and the weights best for it, and those `..., leaning` "
+        "the selected window with its reference leaning to the cycle before the beat's (the geometric mean "
+        "of the two at 0.5), measured but not eligible (docs/evaluation/README.md says why); the others "
+        "change one "
         "setting of the selected detector. ROC-AUC and AP rank the pooled out-of-fold "
         "scores; F1, specificity and recall count each beat against its own fold's threshold; `lead 2` "
         "columns score the same test beats on their other lead.", "",

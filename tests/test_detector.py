@@ -98,6 +98,9 @@ def test_context_changes_only_templates(det, beats208):
 
 def test_save_load_roundtrip(det, beats208, tmp_path):
     path = tmp_path / "m.safetensors"
+    leaning = copy.copy(det).set_params(rr_previous_share=0.25)  # a non-default setting survives the trip
+    leaning.save(tmp_path / "leaning.safetensors")
+    assert RecurrentAEDetector.load(tmp_path / "leaning.safetensors").rr_previous_share == 0.25
     det.save(path)
     back = RecurrentAEDetector.load(path)
     np.testing.assert_allclose(back.score_samples(beats208), det.score_samples(beats208), rtol=1e-6, atol=1e-6)
@@ -274,6 +277,7 @@ def test_a_checkpoint_saved_before_record_scale_keeps_its_scale(det, beats208, t
         settings = json.loads(meta["detector"])
         settings.pop("record_scale")
         settings.pop("rr_reference_beats")
+        settings.pop("rr_previous_share")
         settings.pop("noise_stratum_probability")
         if record_scale is not None:
             settings["record_scale"] = record_scale
@@ -284,8 +288,10 @@ def test_a_checkpoint_saved_before_record_scale_keeps_its_scale(det, beats208, t
     old = RecurrentAEDetector.load(saved_with(None, "old.safetensors"))
     assert old.record_scale == "all_beats" != det.record_scale
     assert old.rr_reference_beats == 0 != det.rr_reference_beats
+    assert old.rr_previous_share == 0.0
     assert old.noise_stratum_probability == 1.0 != det.noise_stratum_probability
-    twin = copy.copy(det).set_params(record_scale="all_beats", rr_reference_beats=0, noise_stratum_probability=1.0)
+    twin = copy.copy(det).set_params(record_scale="all_beats", rr_reference_beats=0, rr_previous_share=0.0,
+                                     noise_stratum_probability=1.0)
     np.testing.assert_allclose(old.score_samples(beats208), twin.score_samples(beats208), atol=1e-6)
     with pytest.raises(CheckpointError, match="record_scale"):
         RecurrentAEDetector.load(saved_with("upper_half", "bad.safetensors"))
@@ -296,6 +302,8 @@ def test_an_unknown_record_scale_is_refused_before_training(beats208):
         RecurrentAEDetector(record_scale="upper_half").fit(beats208)
     with pytest.raises(ValueError, match="rr_reference_beats must be"):
         RecurrentAEDetector(rr_reference_beats=-1).fit(beats208)
+    with pytest.raises(ValueError, match="rr_previous_share must be"):
+        RecurrentAEDetector(rr_previous_share=-0.5).fit(beats208)
     with pytest.raises(ValueError, match="noise_stratum_probability must be"):
         RecurrentAEDetector(noise_stratum_probability=1.5).fit(beats208)
 

@@ -103,6 +103,28 @@ def test_local_rr90_follows_a_change_of_heart_rate():
     assert np.mean(local[fast] > 0.05) < 0.1 and np.all(local[~fast] == 0.0)
 
 
+def test_leaning_to_the_cycle_before_spares_a_rate_change_but_not_an_ectopic_beat():
+    """A jump from 60 to 120 bpm (1:1 conduction after 2:1 block) and, later, one beat 40 % early with its
+    compensatory pause: against RR90 alone every fast beat near the jump is more premature than the ectopic
+    one; with the reference leaning half-way to the cycle before, their prematurity halves and ranks below
+    the ectopic beat's, which keeps all of its own."""
+    rr = np.r_[np.full(60, 1.0), np.full(60, 0.5), np.full(60, 1.0), [0.6, 1.4], np.full(60, 1.0)]
+    beats = _rhythm_beats(["r"] * len(rr), rr)
+    ectopic = 180
+    rr90 = rr_reference(beats, window_beats=128)
+    leaning = rr_reference(beats, window_beats=128, previous_share=0.5)
+    np.testing.assert_allclose(leaning, np.sqrt(rr90 * np.r_[rr[0], rr[:-1]]))
+    np.testing.assert_allclose(rr_reference(beats, window_beats=128, previous_share=1.0), np.r_[rr[0], rr[:-1]])
+    alone, leant = (rhythm_terms(beats.rr, ref)[0] for ref in (rr90, leaning))
+    fast = np.arange(61, 120)  # after the jump's first beat
+    assert np.all(alone[fast] > 0.6) and alone[ectopic] == pytest.approx(-np.log(0.6), abs=1e-6)
+    assert np.all(alone[fast] > alone[ectopic])
+    np.testing.assert_allclose(leant[fast], alone[fast] / 2)
+    assert leant[ectopic] == alone[ectopic] and np.all(leant[fast] < leant[ectopic])
+    part = beats.subset(np.arange(100, 200))  # scored alone, with the record as context: the same
+    np.testing.assert_allclose(rr_reference(part, beats, window_beats=128, previous_share=0.5), leaning[100:200])
+
+
 def test_local_rr90_per_record_in_time_order_and_whole_for_short_records():
     rng = np.random.default_rng(0)
     long_rr, short_rr = rng.uniform(0.5, 1.0, 600), rng.uniform(0.5, 1.0, 40)
