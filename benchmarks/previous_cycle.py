@@ -1,7 +1,7 @@
 """Why the prematurity reference does not lean to the cycle before: the prematurity term alone as a
 score of supraventricular (S) beats against normal (N) beats, per MIT-BIH record, with the reference of
-the shipped detector (the local RR90 of 128 beats) and leaning half-way (geometrically) to the cycle
-before the beat's (`features.rr_reference(..., previous_share=0.5)`).
+the shipped detector (the local RR90 of 128 beats over normal-to-normal intervals) and leaning half-way (geometrically) to the
+cycle before the beat's (`features.rr_reference(..., previous_share=0.5)`).
 
     .venv/bin/python -m benchmarks.previous_cycle --out docs/evaluation/previous-cycle.md
 
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ecg_rnn.features import DEFAULT_RR_REFERENCE_BEATS, rhythm_terms, rr_reference
+from ecg_rnn.features import DEFAULT_RR_REFERENCE_BEATS, DEFAULT_RR_TYPICAL_MADS, rhythm_terms, rr_reference
 from ecg_rnn.metrics import auc_or_nan
 from ecg_rnn.protocols import DS1, DS2, build_beat_set
 
@@ -30,7 +30,7 @@ LEANING = 0.5
 def prematurity_auc(beats, share: float) -> tuple[np.ndarray, np.ndarray]:
     """(prematurity of every beat, its S-vs-N rows) with the reference leaning `share` to the cycle before."""
     premature = rhythm_terms(beats.rr, rr_reference(beats, window_beats=DEFAULT_RR_REFERENCE_BEATS,
-                                                    previous_share=share))[0]
+                                                    previous_share=share, typical_mads=DEFAULT_RR_TYPICAL_MADS))[0]
     return premature, np.isin(beats.aami, ("N", "S"))
 
 
@@ -55,7 +55,8 @@ def markdown(rows: list[dict]) -> str:
              f"Command: `{COMMAND}`", "", __doc__.split("\n\n")[0].replace("\n", " "), "",
              f"ROC-AUC of the prematurity term alone, S beats against N beats (records with at least "
              f"{MIN_S_BEATS} S beats; pooled: every record of the set):", "",
-             f"| set | record | S beats | RR90 of {DEFAULT_RR_REFERENCE_BEATS} beats (shipped) | leaning {LEANING:g} |",
+             f"| set | record | S beats | RR90 of {DEFAULT_RR_REFERENCE_BEATS} beats, normal-to-normal (shipped) | "
+             f"leaning {LEANING:g} |",
              "|---|---|---:|---:|---:|"]
     lines += [f"| {r['set']} | {r['record']} | {r['s_beats']} | {r['auc_rr90']:.3f} | {r['auc_leaning']:.3f} |"
               for r in rows]

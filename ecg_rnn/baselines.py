@@ -29,6 +29,7 @@ TEMPLATE_RR_PERCENTILE = 95.0
 TEMPLATE_RR_RECORD_SCALE = "lower_half"
 TEMPLATE_RR_REFERENCE_BEATS = 128
 TEMPLATE_RR_PREVIOUS_SHARE = 0.0
+TEMPLATE_RR_TYPICAL_MADS = 3.0
 
 
 class FeatureBaseline:
@@ -73,17 +74,20 @@ class TemplateRRBaseline:
     def __init__(self, weights: ScoreWeights = TEMPLATE_RR_WEIGHTS, calibrate_per_record: bool = True,
                  threshold_percentile: float = TEMPLATE_RR_PERCENTILE, record_scale: str = TEMPLATE_RR_RECORD_SCALE,
                  rr_reference_beats: int = TEMPLATE_RR_REFERENCE_BEATS,
-                 rr_previous_share: float = TEMPLATE_RR_PREVIOUS_SHARE):
+                 rr_previous_share: float = TEMPLATE_RR_PREVIOUS_SHARE,
+                 rr_typical_mads: float = TEMPLATE_RR_TYPICAL_MADS):
         self.weights = weights
         self.calibrate_per_record = calibrate_per_record
         self.record_scale = record_scale
         self.threshold_percentile = threshold_percentile
         self.rr_reference_beats = rr_reference_beats
         self.rr_previous_share = rr_previous_share
+        self.rr_typical_mads = rr_typical_mads
 
     def _raw(self, population: Beats) -> dict[str, np.ndarray]:
         premature, pause = rhythm_terms(population.rr, rr_reference(population, window_beats=self.rr_reference_beats,
-                                                                      previous_share=self.rr_previous_share))
+                                                                      previous_share=self.rr_previous_share,
+                                                                      typical_mads=self.rr_typical_mads))
         return {"recon": np.zeros(len(population)), "distance": template_distances(population),
                 "premature": premature, "pause": pause}
 

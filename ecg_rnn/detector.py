@@ -14,7 +14,9 @@ Score of a beat (higher = more abnormal), every term a robust z-score, z(x) = (x
   `rr_previous_share`: RR90 = the 90th percentile of the RR intervals of the `rr_reference_beats` beats
   of the record around the beat (its slow, undisturbed cycles of the last few minutes: robust to
   frequent ectopy, where a local median is not, and following heart-rate changes, which one RR90 for
-  the whole record does not), RR_before = the cycle just before the beat's own (an ectopic beat is early
+  the whole record does not), only those between two beats of the record's usual shape (within
+  `rr_typical_mads` robust SDs of its median template distance: frequent ventricular beats'
+  compensatory pauses would otherwise set RR90 and make every sinus cycle look premature), RR_before = the cycle just before the beat's own (an ectopic beat is early
   against it too; after a sudden rate change, a run of 1:1 conduction after block, the beats are not);
 - pause = log(rr_next_ratio): compensatory pause after the beat.
 Rhythm terms only add evidence (clipped at 0): a late beat does not make a deformed beat normal; inside
@@ -55,7 +57,8 @@ from ecg_rnn import __version__
 from ecg_rnn.adapt import AdaptConfig, adapt
 from ecg_rnn.beats import BeatConfig, Beats
 from ecg_rnn.errors import CheckpointError
-from ecg_rnn.features import (DEFAULT_RECORD_SCALE, DEFAULT_RR_PREVIOUS_SHARE, DEFAULT_RR_REFERENCE_BEATS, MORPHOLOGY_TERMS, MSE_EPS,
+from ecg_rnn.features import (DEFAULT_RECORD_SCALE, DEFAULT_RR_PREVIOUS_SHARE, DEFAULT_RR_REFERENCE_BEATS,
+                              DEFAULT_RR_TYPICAL_MADS, MORPHOLOGY_TERMS, MSE_EPS,
                               RHYTHM_TERMS, TERMS, ScoreWeights, beat_zscore, calibrate, check_record_scale, combine,
                               model_inputs, record_population, rhythm_terms, rr_reference, template_distances,
                               zscores)
@@ -95,7 +98,7 @@ AfMask = Callable[[Beats], np.ndarray]
 
 PARAMS = ("model", "training", "signal", "beats", "threshold_percentile", "rhythm_weight", "pause_weight",
           "distance_weight", "calibrate_per_record", "record_scale", "adaptation", "rr_reference_beats",
-          "rr_previous_share", "noise_stratum_probability")
+          "rr_previous_share", "rr_typical_mads", "noise_stratum_probability")
 
 
 @dataclass
@@ -124,6 +127,7 @@ class RecurrentAEDetector:
                  adaptation: AdaptConfig = DEFAULT_ADAPTATION,
                  rr_reference_beats: int = DEFAULT_RR_REFERENCE_BEATS,
                  rr_previous_share: float = DEFAULT_RR_PREVIOUS_SHARE,
+                 rr_typical_mads: float = DEFAULT_RR_TYPICAL_MADS,
                  noise_stratum_probability: float = DEFAULT_NOISE_STRATUM_PROBABILITY):
         # stored as given (scikit-learn convention: get_params / clone); checked in fit and load
         self.model = model
@@ -139,6 +143,7 @@ class RecurrentAEDetector:
         self.adaptation = adaptation
         self.rr_reference_beats = rr_reference_beats
         self.rr_previous_share = rr_previous_share
+        self.rr_typical_mads = rr_typical_mads
         self.noise_stratum_probability = noise_stratum_probability
 
     def get_params(self, deep: bool = False) -> dict:
@@ -154,7 +159,7 @@ class RecurrentAEDetector:
 
     def _check_settings(self) -> None:
         """What fit and load refuse before any work: a beat window unlike the model's, an unknown scale, a
-        negative RR90 window, a previous-cycle share or a noise probability outside 0..1."""
+        negative RR90 window or typical-shape bound, a previous-cycle share or a noise probability outside 0..1."""
         pre, post = self.beats.window_samples(self.signal.fs)
         if pre + post != self.model.window:
             raise ValueError(f"the beat window is {pre + post} samples at {self.signal.fs:g} Hz but the model "
@@ -163,6 +168,8 @@ class RecurrentAEDetector:
         if int(self.rr_reference_beats) != self.rr_reference_beats or self.rr_reference_beats < 0:
             raise ValueError(f"rr_reference_beats must be a whole number of beats >= 0 (0: the whole record), "
                              f"not {self.rr_reference_beats!r}")
+        if not self.rr_typical_mads >= 0.0:
+            raise ValueError(f"rr_typical_mads must be >= 0 (0: RR90 over every interval), not {self.rr_typical_mads!r}")
         if not 0.0 <= self.rr_previous_share <= 1.0:
             raise ValueError(f"rr_previous_share must be within 0..1 (0: RR90 alone), not {self.rr_previous_share!r}")
         if not 0.0 <= self.noise_stratum_probability <= 1.0:
@@ -174,7 +181,7 @@ class RecurrentAEDetector:
                             with_template=self.model.context, context=context)
 
     def _rr_reference(self, beats: Beats, context: Beats | None = None) -> np.ndarray:
-        return rr_reference(beats, context, self.rr_reference_beats, self.rr_previous_share)
+        return rr_reference(beats, context, self.rr_reference_beats, self.rr_previous_share, self.rr_typical_mads)
 
     @property
     def weights(self) -> ScoreWeights:
@@ -381,6 +388,7 @@ class RecurrentAEDetector:
                                     "record_scale": self.record_scale,
                                     "rr_reference_beats": self.rr_reference_beats,
                                     "rr_previous_share": self.rr_previous_share,
+                                    "rr_typical_mads": self.rr_typical_mads,
                                     "noise_stratum_probability": self.noise_stratum_probability,
                                     "adaptation": self.adaptation.to_dict(),
                                     "calibration": self.calibration_, "components": list(COMPONENTS)},
@@ -441,6 +449,7 @@ class RecurrentAEDetector:
                       record_scale=str(det_meta.get("record_scale", "all_beats")),
                       rr_reference_beats=int(det_meta.get("rr_reference_beats", 0)),
                       rr_previous_share=float(det_meta.get("rr_previous_share", 0.0)),
+                      rr_typical_mads=float(det_meta.get("rr_typical_mads", 0.0)),
                       noise_stratum_probability=float(det_meta.get("noise_stratum_probability", 1.0)))
             det._check_settings()
             model = RecurrentAutoencoder(det.model)

@@ -34,6 +34,9 @@ DEFAULT_RR_REFERENCE_BEATS = 128
 # missed), whose cycles are short against RR90 but not against each other, and it won DS1's search; but
 # it spares runs of frequent atrial ectopy the same way, so it stays off (docs/evaluation/README.md)
 DEFAULT_RR_PREVIOUS_SHARE = 0.0
+# RR90 is taken over normal-to-normal intervals (rr_reference's typical_mads): selected on DS1
+DEFAULT_RR_TYPICAL_MADS = 3.0
+MIN_NN_INTERVALS = 8  # a window with fewer normal-to-normal intervals takes its RR90 from all of them
 PERCENTILE_BLOCK = 4096  # windows whose percentile is taken at once (bounded memory on 24-hour recordings)
 # a record's own location and scale weigh n / (n + this) against the training calibration: a 10-beat strip
 # leans on the training data, a half-hour record (2,000 beats) on itself
@@ -60,33 +63,69 @@ def record_templates(beats: Beats) -> dict[str, np.ndarray]:
             for name in np.unique(beats.record)}
 
 
-def _windowed_percentile(x: np.ndarray, window: int) -> np.ndarray:
+def _percentile_of_valid(rows: np.ndarray) -> np.ndarray:
+    """RR_REFERENCE_PERCENTILE of each row's non-NaN values (np.percentile's linear rule); NaN where a
+    row has fewer than MIN_NN_INTERVALS."""
+    ordered = np.sort(rows, axis=1)  # NaN sort last
+    count = (~np.isnan(rows)).sum(axis=1)
+    position = RR_REFERENCE_PERCENTILE / 100.0 * np.maximum(count - 1, 0)
+    low, high = np.floor(position).astype(np.int64), np.ceil(position).astype(np.int64)
+    at = np.arange(len(rows))
+    value = ordered[at, low] + (position - low) * (ordered[at, high] - ordered[at, low])
+    return np.where(count >= MIN_NN_INTERVALS, value, np.nan)
+
+
+def _windowed_percentile(x: np.ndarray, window: int, valid: np.ndarray | None = None) -> np.ndarray:
     """RR_REFERENCE_PERCENTILE of the `window` values centred on each value (shifted inward at the
-    ends, so every value's window holds `window` values); of all values when there are not more."""
+    ends, so every value's window holds `window` values); of all values when there are not more.
+    valid: only these values count, where a window holds at least MIN_NN_INTERVALS of them (else all)."""
     n = len(x)
+    if n == 0:
+        return np.zeros(0)
+    kept = x if valid is None else np.where(valid, x, np.nan)
     if window <= 0 or n <= window:
-        return np.full(n, np.percentile(x, RR_REFERENCE_PERCENTILE) if n else 0.0)
-    views = np.lib.stride_tricks.sliding_window_view(x, window)
-    per_start = np.concatenate([np.percentile(views[i:i + PERCENTILE_BLOCK], RR_REFERENCE_PERCENTILE, axis=1)
-                                for i in range(0, len(views), PERCENTILE_BLOCK)])
+        whole = _percentile_of_valid(kept[None, :])[0]
+        return np.full(n, whole if np.isfinite(whole) else np.percentile(x, RR_REFERENCE_PERCENTILE))
+    views, kept_views = (np.lib.stride_tricks.sliding_window_view(v, window) for v in (x, kept))
+    blocks = range(0, len(views), PERCENTILE_BLOCK)
+    per_start = np.concatenate([_percentile_of_valid(kept_views[i:i + PERCENTILE_BLOCK]) for i in blocks])
+    if np.isnan(per_start).any():
+        every = np.concatenate([np.percentile(views[i:i + PERCENTILE_BLOCK], RR_REFERENCE_PERCENTILE, axis=1)
+                                for i in blocks])
+        per_start = np.where(np.isnan(per_start), every, per_start)
     starts = np.clip(np.arange(n) - window // 2, 0, n - window)
     return per_start[starts]
 
 
+def normal_to_normal(distance: np.ndarray, typical_mads: float) -> np.ndarray:
+    """Which RR intervals (each beat's previous one, in time order) join two beats of the record's usual
+    shape: both beats' template distance at most typical_mads robust standard deviations above the
+    record's median distance. The interval into and out of an ectopic beat (its coupling interval and
+    compensatory pause) are left out."""
+    median = np.median(distance)
+    scale = MAD_TO_SIGMA * np.median(np.abs(distance - median))
+    typical = distance <= median + typical_mads * max(scale, MIN_SCALE)
+    return typical & np.r_[True, typical[:-1]]
+
+
 def rr_reference(beats: Beats, context: Beats | None = None, window_beats: int = DEFAULT_RR_REFERENCE_BEATS,
-                 previous_share: float = 0.0) -> np.ndarray:
+                 previous_share: float = 0.0, typical_mads: float = 0.0) -> np.ndarray:
     """The prematurity reference of each beat, in seconds: RR90^(1 - previous_share) * RR_before^previous_share.
     RR90: the 90th percentile of the previous-RR intervals of the `window_beats` beats of its record
-    around it, in time order (0: of all the record's beats); RR_before: the cycle before the beat's own
-    (the previous beat's previous RR; the record's first beat uses its own). context: all beats of the
-    same records, when `beats` is only part of them."""
+    around it, in time order (0: of all the record's beats); with typical_mads > 0 only of the intervals
+    between beats of the record's usual shape (normal_to_normal: frequent ventricular beats' compensatory
+    pauses would make every sinus cycle look premature), all intervals where a window holds too few of
+    those. RR_before: the cycle before the beat's own (the previous beat's previous RR; the record's first
+    beat uses its own). context: all beats of the same records, when `beats` is only part of them."""
     population, rows = record_population(beats, context)
+    distance = template_distances(population) if typical_mads > 0 else None
     reference = np.zeros(len(population))
     for name in np.unique(population.record):
         idx = np.flatnonzero(population.record == name)
         idx = idx[np.argsort(population.time_s[idx], kind="stable")]
         rr_prev = population.rr[idx, 0].astype(np.float64)
-        rr90 = _windowed_percentile(rr_prev, int(window_beats))
+        valid = None if distance is None else normal_to_normal(distance[idx], typical_mads)
+        rr90 = _windowed_percentile(rr_prev, int(window_beats), valid)
         before = np.r_[rr_prev[:1], rr_prev[:-1]]
         reference[idx] = np.exp((1.0 - previous_share) * np.log(np.maximum(rr90, RR_EPS_S))
                                 + previous_share * np.log(np.maximum(before, RR_EPS_S)))

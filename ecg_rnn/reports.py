@@ -82,8 +82,10 @@ def write_plots(run_dir: Path, history: list[dict] | None, scored: dict[str, tup
 
 
 def _prematurity_reference(d: dict) -> str:
-    window, share = d.get("rr_reference_beats", 0), d.get("rr_previous_share", 0.0)
+    window, share, typical = d.get("rr_reference_beats", 0), d.get("rr_previous_share", 0.0), d.get("rr_typical_mads", 0.0)
     rr90 = f"RR90 of the {window} beats around the beat" if window else "RR90 of the whole record"
+    if typical:
+        rr90 += f", over intervals between beats of the record's usual shape (within {typical:g} MADs)"
     return f"{rr90}, leaning {share:g} (geometrically) to the cycle before the beat's" if share else rr90
 
 

@@ -11,10 +11,11 @@ records are also scored on their other lead (V1 mostly), as a check of how choic
 The out-of-fold scores of all DS1 records are pooled. Among the score settings that keep the
 threshold's promise on the other lead (a recording unlike the training data: at the 95th percentile,
 3 % to 8 % of its normal beats flagged), the one with the best pooled average precision (default lead)
-wins. Then, for that model, the window of the local RR90 (the prematurity term's reference), with the
-weights and calibration searched again for each window (stored terms hold the whole-record RR90; the
-others are computed from the beats, which needs no model); a reference leaning to the cycle before the
-beat's is measured beside it but not eligible; then the most sensitive threshold percentile whose pooled specificity (each beat against its own
+wins. Then, for that model, the window of the local RR90 (the prematurity term's reference), then
+whether that RR90 is taken over normal-to-normal intervals only, with the weights and calibration
+searched again for each (stored terms hold the whole-record RR90; the others are computed from the
+beats, which needs no model); a reference leaning to the cycle before the beat's is measured beside it
+but not eligible; then the most sensitive threshold percentile whose pooled specificity (each beat against its own
 fold's threshold) is at least MIN_SPECIFICITY. The no-learning template + RR score gets the same search
 over its own weights, so the comparison is fair. DS2 is never read here: it is scored once, by
 `ecg-rnn evaluate`, with what this selected.
@@ -105,6 +106,7 @@ class SelectionConfig:
     rr_reference_windows: tuple[int, ...] = (0, 64, 128, 256, 512)  # beats; 0: RR90 of the whole record
     # the selected reference leaning this far to the cycle before the beat's: ablation rows, not searched
     rr_previous_shares: tuple[float, ...] = (0.25, 0.5, 0.75)
+    rr_typical_mads: tuple[float, ...] = (3.0, 6.0)  # RR90 over normal-to-normal intervals (0: every interval)
     af_masks: tuple[str, ...] = AF_MASKS  # the first is what scoring uses (selected with); the others: ablation
 
 
@@ -280,14 +282,15 @@ def refresh_af_masks(terms: dict[tuple[int, int], FoldTerms], data: SelectionDat
 
 
 def with_rr_reference(folds: list[FoldTerms], data: SelectionData, window: int,
-                      previous_share: float = 0.0) -> list[FoldTerms]:
+                      previous_share: float = 0.0, typical_mads: float = 0.0) -> list[FoldTerms]:
     """The fold terms with the prematurity term against the reference of features.rr_reference (the local
     RR90 of `window` beats leaning `previous_share` to the cycle before; stored terms hold the whole
     record's RR90 alone). Prematurity depends on the beats alone, not on the model."""
-    if window == 0 and previous_share == 0.0:
+    if window == 0 and previous_share == 0.0 and typical_mads == 0.0:
         return folds
     beats = data.beats
-    premature = rhythm_terms(beats.rr, rr_reference(beats, window_beats=window, previous_share=previous_share))[0]
+    premature = rhythm_terms(beats.rr, rr_reference(beats, window_beats=window, previous_share=previous_share,
+                                                    typical_mads=typical_mads))[0]
     out = []
     for t in folds:
         test, held = np.isin(beats.record, np.unique(t.test_record)), np.isin(beats.record, np.unique(t.held_record))
@@ -439,33 +442,40 @@ def _adapt_label(a: AdaptConfig) -> str:
     return "off" if a.steps == 0 else f"{a.steps} steps, lr {a.lr:g}"
 
 
-def _window_label(window: int, previous_share: float = 0.0) -> str:
+def _window_label(window: int, previous_share: float = 0.0, typical_mads: float = 0.0) -> str:
     rr90 = "RR90 of the whole record" if window == 0 else f"RR90 over {window} beats"
+    if typical_mads:
+        rr90 += f" of normal-to-normal intervals (beats within {typical_mads:g} MADs)"
     return rr90 if previous_share == 0.0 else f"{rr90}, leaning {previous_share:g} to the cycle before"
 
 
 def best_reference(folds: list[FoldTerms], data: SelectionData, config: SelectionConfig, learned: bool,
                    references: list[tuple[int, float]]) -> tuple[list[dict], dict]:
-    """Every prematurity reference (RR90 window, previous-cycle share) with its best weights and
-    calibration, and the best of them by pooled AP."""
+    """Every prematurity reference (RR90 window, previous-cycle share, typical-shape bound) with its best
+    weights and calibration, and the best of them by pooled AP."""
     found = []
-    for window, share in references:
-        with_reference = with_rr_reference(folds, data, window, share)
+    for window, share, typical in references:
+        with_reference = with_rr_reference(folds, data, window, share, typical)
         ap, weights, calibration = best_weights(with_reference, config, learned)
-        found.append({"window": window, "share": share, "folds": with_reference, "ap": ap, "weights": weights,
-                      "calibration": calibration})
+        found.append({"window": window, "share": share, "typical": typical, "folds": with_reference, "ap": ap,
+                      "weights": weights, "calibration": calibration})
     return found, max(found, key=lambda f: f["ap"])
 
 
 def best_rr_reference(folds: list[FoldTerms], data: SelectionData, config: SelectionConfig,
                       learned: bool) -> tuple[list[dict], dict]:
-    """The RR90 window with its best weights: every setting tried and the pick. The winner's reference
-    leaning to the cycle before the beat's (config.rr_previous_shares) is measured too, as ablation rows,
-    but not eligible (docs/evaluation/README.md: it drops frequent atrial ectopy as a rate change)."""
-    windows, pick = best_reference(folds, data, config, learned, [(w, 0.0) for w in config.rr_reference_windows])
+    """The RR90 window with its best weights, then for that window RR90 over normal-to-normal intervals
+    (config.rr_typical_mads): every setting tried and the pick. The winner's reference leaning to the
+    cycle before the beat's (config.rr_previous_shares) is measured too, as ablation rows, but not
+    eligible (docs/evaluation/README.md: it drops frequent atrial ectopy as a rate change)."""
+    windows, pick = best_reference(folds, data, config, learned,
+                                   [(w, 0.0, 0.0) for w in config.rr_reference_windows])
+    normal_to_normal = best_reference(folds, data, config, learned,
+                                      [(pick["window"], 0.0, k) for k in config.rr_typical_mads])[0]
+    pick = max([pick, *normal_to_normal], key=lambda f: f["ap"])
     leaning = best_reference(folds, data, config, learned,
-                             [(pick["window"], share) for share in config.rr_previous_shares])[0]
-    return windows + leaning, pick
+                             [(pick["window"], share, pick["typical"]) for share in config.rr_previous_shares])[0]
+    return windows + normal_to_normal + leaning, pick
 
 
 def selection_report(config: SelectionConfig, terms: dict[int, dict[tuple[int, int], FoldTerms]],
@@ -501,7 +511,7 @@ def selection_report(config: SelectionConfig, terms: dict[int, dict[tuple[int, i
                      f"{_adapt_label(config.adaptations[f['adaptation']])} (its best weights, "
                      f"{_window_label(0)})")
             rows.append(row(label, fold_list(f["candidate"], f["adaptation"]), f["weights"], f["calibration"]))
-    rows += [row(f"{_window_label(f['window'], f['share'])} (its best weights)", f["folds"], f["weights"],
+    rows += [row(f"{_window_label(f['window'], f['share'], f['typical'])} (its best weights)", f["folds"], f["weights"],
                  f["calibration"]) for f in windows if f is not pick]
     rows += [row(f"morphology calibrated {CALIBRATION_LABELS[c]}", chosen, w, c) for c in CALIBRATIONS if c != calib]
     rows += [row("template distance weight 0", chosen, dataclasses.replace(w, distance=0.0), calib),
@@ -512,7 +522,8 @@ def selection_report(config: SelectionConfig, terms: dict[int, dict[tuple[int, i
     rows += [row(f"{NO_LEARNING} (its best weights)", base_folds, base_w, base_calib, pct=base_pct),
              *(row(f"{NO_LEARNING}, morphology calibrated {CALIBRATION_LABELS[c]}", base_folds, base_w, c,
                    pct=base_pct) for c in CALIBRATIONS if c != base_calib)]
-    rows += [row(f"{NO_LEARNING}, {_window_label(f['window'], f['share'])} (its best weights)", f["folds"], f["weights"],
+    rows += [row(f"{NO_LEARNING}, {_window_label(f['window'], f['share'], f['typical'])} (its best weights)",
+                 f["folds"], f["weights"],
                  f["calibration"], pct=base_pct) for f in base_windows if f is not base_pick]
     rows += [row(f"{NO_LEARNING}, AF mask: {kind}", base_folds, base_w, base_calib, pct=base_pct, mask=kind)
              for kind in config.af_masks[1:]]
@@ -524,22 +535,25 @@ def selection_report(config: SelectionConfig, terms: dict[int, dict[tuple[int, i
                      f"whose share of normal beats flagged on the other lead at percentile {DEFAULT_PERCENTILE:g} "
                      f"stays within {PROMISE_BAND[0]:g}-{PROMISE_BAND[1]:g} x the promised "
                      f"{100 - DEFAULT_PERCENTILE:g} %, first for every model and adaptation with the whole "
-                     f"record's RR90, then for the winner's RR90 window (weights searched again per window); "
+                     f"record's RR90, then for the winner's RR90 window, then whether that RR90 is taken over "
+                     f"normal-to-normal intervals only (weights searched again for each); "
                      f"threshold percentile: the lowest whose pooled specificity is >= {MIN_SPECIFICITY}",
         "selected": {"candidate": candidate.name, "model_config": candidate.model.to_dict(),
                      "other_lead_training": candidate.other_lead_training,
                      "adaptation": config.adaptations[best["adaptation"]].to_dict(),
                      "weights": dataclasses.asdict(w), **calibration_params(calib),
                      "rr_reference_beats": pick["window"], "rr_previous_share": pick["share"],
+                     "rr_typical_mads": pick["typical"],
                      "threshold_percentile": percentile, "af_mask": af},
         "no_learning": {"weights": dataclasses.asdict(base_w), **calibration_params(base_calib),
                         "rr_reference_beats": base_pick["window"], "rr_previous_share": base_pick["share"],
+                        "rr_typical_mads": base_pick["typical"],
                         "threshold_percentile": base_pct},
         "grid": {"candidates": [c.name for c in config.candidates],
                  "adaptations": [a.to_dict() for a in config.adaptations],
                  "distance_weights": config.distance_weights, "rhythm_weights": config.rhythm_weights,
                  "pause_weights": config.pause_weights, "rr_reference_windows": config.rr_reference_windows,
-                 "rr_previous_shares": config.rr_previous_shares,
+                 "rr_previous_shares": config.rr_previous_shares, "rr_typical_mads": config.rr_typical_mads,
                  "percentiles": config.percentiles},
         "rows": rows,
     }
@@ -565,7 +579,7 @@ def _calibration_label(params: dict) -> str:
 
 def selection_markdown(report: dict, plain: dict | None, speed: list[dict] | None) -> str:
     """docs/evaluation/selection.md: what was selected on what, the ablation table, the plain AE study."""
-    sel, rows = report["selected"], {r["name"]: r for r in report["rows"]}
+    sel, rows, nl = report["selected"], {r["name"]: r for r in report["rows"]}, report["no_learning"]
     chosen = rows["selected"]
     base = next(r for r in report["rows"] if r["name"].startswith(NO_LEARNING))
     a = sel["adaptation"]
@@ -589,12 +603,12 @@ def selection_markdown(report: dict, plain: dict | None, speed: list[dict] | Non
         f"- score: {sel['weights']['recon']:g} * z(recon) + {sel['weights']['distance']:g} * z(template distance) + "
         f"{sel['weights']['premature']:g} * max(0, z(prematurity)) + {sel['weights']['pause']:g} * max(0, z(pause)); "
         f"morphology calibrated {_calibration_label(sel)}; prematurity against the "
-        f"{_window_label(sel['rr_reference_beats'], sel.get('rr_previous_share', 0.0))};",
+        f"{_window_label(sel['rr_reference_beats'], sel.get('rr_previous_share', 0.0), sel.get('rr_typical_mads', 0.0))};",
         f"- threshold: the {sel['threshold_percentile']:g}th percentile of held-out normal scores;",
         f"- the no-learning template + RR score, by the same search: {report['no_learning']['weights']['premature']:g}"
         f" * prematurity, {report['no_learning']['weights']['pause']:g} * pause, calibrated "
         f"{_calibration_label(report['no_learning'])}, "
-        f"{_window_label(report['no_learning']['rr_reference_beats'], report['no_learning'].get('rr_previous_share', 0.0))}, "
+        f"{_window_label(nl['rr_reference_beats'], nl.get('rr_previous_share', 0.0), nl.get('rr_typical_mads', 0.0))}, "
         f"{report['no_learning']['threshold_percentile']:g}th percentile.", "",
         f"Out of fold, the selected detector reaches ROC-AUC {chosen['roc_auc']:.3f} and AP {chosen['ap']:.3f}; "
         f"the no-learning score {base['roc_auc']:.3f} and {base['ap']:.3f}: the autoencoder adds "
@@ -602,7 +616,9 @@ def selection_markdown(report: dict, plain: dict | None, speed: list[dict] | Non
         "## Ablation (every row from the same fold models, the same out-of-fold beats)", "",
         "Rows named `model ..., adaptation ...` are the other candidates, each with the weights best for it "
         "(with the whole record's RR90, the first stage of the search); rows named `RR90 ...` are the second "
-        "stage, the selected model with another RR90 window and the weights best for it, and those `..., leaning` "
+        "stage, the selected model with another RR90 window and the weights best for it, those `... of "
+        "normal-to-normal intervals` the third (RR90 only over intervals between two beats of the record's usual "
+        "shape), and those `..., leaning` "
         "the selected window with its reference leaning to the cycle before the beat's (the geometric mean "
         "of the two at 0.5), measured but not eligible (docs/evaluation/README.md says why); the others "
         "change one "

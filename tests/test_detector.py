@@ -278,6 +278,7 @@ def test_a_checkpoint_saved_before_record_scale_keeps_its_scale(det, beats208, t
         settings.pop("record_scale")
         settings.pop("rr_reference_beats")
         settings.pop("rr_previous_share")
+        settings.pop("rr_typical_mads")
         settings.pop("noise_stratum_probability")
         if record_scale is not None:
             settings["record_scale"] = record_scale
@@ -289,9 +290,10 @@ def test_a_checkpoint_saved_before_record_scale_keeps_its_scale(det, beats208, t
     assert old.record_scale == "all_beats" != det.record_scale
     assert old.rr_reference_beats == 0 != det.rr_reference_beats
     assert old.rr_previous_share == 0.0
+    assert old.rr_typical_mads == 0.0 != det.rr_typical_mads
     assert old.noise_stratum_probability == 1.0 != det.noise_stratum_probability
     twin = copy.copy(det).set_params(record_scale="all_beats", rr_reference_beats=0, rr_previous_share=0.0,
-                                     noise_stratum_probability=1.0)
+                                     rr_typical_mads=0.0, noise_stratum_probability=1.0)
     np.testing.assert_allclose(old.score_samples(beats208), twin.score_samples(beats208), atol=1e-6)
     with pytest.raises(CheckpointError, match="record_scale"):
         RecurrentAEDetector.load(saved_with("upper_half", "bad.safetensors"))
@@ -302,6 +304,8 @@ def test_an_unknown_record_scale_is_refused_before_training(beats208):
         RecurrentAEDetector(record_scale="upper_half").fit(beats208)
     with pytest.raises(ValueError, match="rr_reference_beats must be"):
         RecurrentAEDetector(rr_reference_beats=-1).fit(beats208)
+    with pytest.raises(ValueError, match="rr_typical_mads must be"):
+        RecurrentAEDetector(rr_typical_mads=-1.0).fit(beats208)
     with pytest.raises(ValueError, match="rr_previous_share must be"):
         RecurrentAEDetector(rr_previous_share=-0.5).fit(beats208)
     with pytest.raises(ValueError, match="noise_stratum_probability must be"):

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from ecg_rnn.beats import Beats
-from ecg_rnn.features import (RECORD_PRIOR_BEATS, ScoreWeights, combine, record_population, rhythm_terms,
-                              rr_reference, zscores)
+from ecg_rnn.features import (RECORD_PRIOR_BEATS, ScoreWeights, combine, normal_to_normal, record_population,
+                              rhythm_terms, rr_reference, template_distances, zscores)
 
 CALIBRATION = {"recon": [0.0, 1.0], "distance": [0.0, 1.0], "premature": [0.1, 0.1], "pause": [0.0, 0.05]}
 
@@ -123,6 +123,29 @@ def test_leaning_to_the_cycle_before_spares_a_rate_change_but_not_an_ectopic_bea
     assert leant[ectopic] == alone[ectopic] and np.all(leant[fast] < leant[ectopic])
     part = beats.subset(np.arange(100, 200))  # scored alone, with the record as context: the same
     np.testing.assert_allclose(rr_reference(part, beats, window_beats=128, previous_share=0.5), leaning[100:200])
+
+
+def test_rr90_over_normal_to_normal_intervals_ignores_compensatory_pauses():
+    """Trigeminy (N N V: V 0.5 s early, then a 1.3-s compensatory pause) and then sinus rhythm at 0.9 s:
+    against the RR90 of every interval the sinus beats near the trigeminy look premature (the pauses set
+    RR90); over normal-to-normal intervals only (between two beats of the usual shape) they do not, and
+    the V beats keep their prematurity."""
+    pattern = [0.9, 0.5, 1.3]  # the RR before N, before V, before the N after V
+    rr = np.r_[np.tile(pattern, 40), np.full(120, 0.9)]
+    beats = _rhythm_beats(["r"] * len(rr), rr)
+    ventricular = np.r_[np.tile([False, True, False], 40), np.zeros(120, bool)]
+    waves = np.zeros((len(rr), 4), np.float32) + np.random.default_rng(0).normal(0, 0.01, (len(rr), 4))
+    waves[ventricular] += np.array([2.0, -2.0, 2.0, -2.0], np.float32)
+    beats = Beats(**{**beats.__dict__, "waves": waves.astype(np.float32)})
+    nn = normal_to_normal(template_distances(beats), 3.0)
+    assert not nn[ventricular].any() and not nn[np.flatnonzero(ventricular) + 1].any()  # coupling and pause out
+    assert nn[120:].all()
+    every = rhythm_terms(beats.rr, rr_reference(beats, window_beats=128))[0]
+    normal = rhythm_terms(beats.rr, rr_reference(beats, window_beats=128, typical_mads=3.0))[0]
+    sinus = np.arange(120, 135)  # their windows of 128 beats hold over 10 % pauses
+    assert np.all(every[sinus] > 0.3)  # -log(0.9 / 1.3)
+    np.testing.assert_allclose(normal[sinus], 0.0, atol=1e-9)
+    np.testing.assert_allclose(normal[ventricular], -np.log(0.5 / 0.9), atol=1e-9)
 
 
 def test_local_rr90_per_record_in_time_order_and_whole_for_short_records():
