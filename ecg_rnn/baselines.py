@@ -85,11 +85,12 @@ class TemplateRRBaseline:
         self.rr_typical_mads = rr_typical_mads
 
     def _raw(self, population: Beats) -> dict[str, np.ndarray]:
-        premature, pause = rhythm_terms(population.rr, rr_reference(population, window_beats=self.rr_reference_beats,
-                                                                      previous_share=self.rr_previous_share,
-                                                                      typical_mads=self.rr_typical_mads))
-        return {"recon": np.zeros(len(population)), "distance": template_distances(population),
-                "premature": premature, "pause": pause}
+        distance = template_distances(population)
+        reference = rr_reference(population, window_beats=self.rr_reference_beats,
+                                 previous_share=self.rr_previous_share, typical_mads=self.rr_typical_mads,
+                                 distance=distance)
+        premature, pause = rhythm_terms(population.rr, reference)
+        return {"recon": np.zeros(len(population)), "distance": distance, "premature": premature, "pause": pause}
 
     def fit(self, train: Beats, context: Beats | None = None, af_mask=None) -> "TemplateRRBaseline":
         """train: normal beats; context: all beats of their records. No learning: every training normal

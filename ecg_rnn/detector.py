@@ -16,8 +16,9 @@ Score of a beat (higher = more abnormal), every term a robust z-score, z(x) = (x
   frequent ectopy, where a local median is not, and following heart-rate changes, which one RR90 for
   the whole record does not), only those between two beats of the record's usual shape (within
   `rr_typical_mads` robust SDs of its median template distance: frequent ventricular beats'
-  compensatory pauses would otherwise set RR90 and make every sinus cycle look premature), RR_before = the cycle just before the beat's own (an ectopic beat is early
-  against it too; after a sudden rate change, a run of 1:1 conduction after block, the beats are not);
+  compensatory pauses would otherwise set RR90 and make every sinus cycle look premature);
+  RR_before = the cycle just before the beat's own (an ectopic beat is early against it too; after a
+  sudden rate change, a run of 1:1 conduction after block, the beats are not; 0 ships);
 - pause = log(rr_next_ratio): compensatory pause after the beat.
 Rhythm terms only add evidence (clipped at 0): a late beat does not make a deformed beat normal; inside
 atrial fibrillation (`in_af`) they add nothing, since a short RR there is the rhythm, not ectopy.
@@ -180,8 +181,10 @@ class RecurrentAEDetector:
         return model_inputs(beats, self.model.window, per_beat_norm=self.model.input_norm == "beat",
                             with_template=self.model.context, context=context)
 
-    def _rr_reference(self, beats: Beats, context: Beats | None = None) -> np.ndarray:
-        return rr_reference(beats, context, self.rr_reference_beats, self.rr_previous_share, self.rr_typical_mads)
+    def _rr_reference(self, beats: Beats, context: Beats | None = None,
+                      distance: np.ndarray | None = None) -> np.ndarray:
+        return rr_reference(beats, context, self.rr_reference_beats, self.rr_previous_share, self.rr_typical_mads,
+                            distance)
 
     @property
     def weights(self) -> ScoreWeights:
@@ -300,7 +303,7 @@ class RecurrentAEDetector:
                     self._forward(tuned, part, out=(mse[rows], recon[rows], codes[rows]))
                 else:
                     mse[rows], recon[rows], codes[rows] = self._forward(tuned, part)
-        premature, pause = rhythm_terms(population.rr, self._rr_reference(population))
+        premature, pause = rhythm_terms(population.rr, self._rr_reference(population, distance=distance))
         raw = {"recon": np.log(mse.astype(np.float64) + MSE_EPS), "distance": distance,
                "premature": premature, "pause": pause}
         return raw, recon, codes

@@ -65,7 +65,8 @@ def record_templates(beats: Beats) -> dict[str, np.ndarray]:
 
 def _percentile_of_valid(rows: np.ndarray) -> np.ndarray:
     """RR_REFERENCE_PERCENTILE of each row's non-NaN values (np.percentile's linear rule); NaN where a
-    row has fewer than MIN_NN_INTERVALS."""
+    row has fewer than MIN_NN_INTERVALS. np.nanpercentile gives the same but was 40 times slower on a
+    block of windows (0.52 s against 0.013 s for 4096 x 128), and a 24-hour recording has 27 blocks."""
     ordered = np.sort(rows, axis=1)  # NaN sort last
     count = (~np.isnan(rows)).sum(axis=1)
     position = RR_REFERENCE_PERCENTILE / 100.0 * np.maximum(count - 1, 0)
@@ -109,22 +110,27 @@ def normal_to_normal(distance: np.ndarray, typical_mads: float) -> np.ndarray:
 
 
 def rr_reference(beats: Beats, context: Beats | None = None, window_beats: int = DEFAULT_RR_REFERENCE_BEATS,
-                 previous_share: float = 0.0, typical_mads: float = 0.0) -> np.ndarray:
+                 previous_share: float = 0.0, typical_mads: float = 0.0,
+                 distance: np.ndarray | None = None) -> np.ndarray:
     """The prematurity reference of each beat, in seconds: RR90^(1 - previous_share) * RR_before^previous_share.
     RR90: the 90th percentile of the previous-RR intervals of the `window_beats` beats of its record
     around it, in time order (0: of all the record's beats); with typical_mads > 0 only of the intervals
     between beats of the record's usual shape (normal_to_normal: frequent ventricular beats' compensatory
     pauses would make every sinus cycle look premature), all intervals where a window holds too few of
     those. RR_before: the cycle before the beat's own (the previous beat's previous RR; the record's first
-    beat uses its own). context: all beats of the same records, when `beats` is only part of them."""
+    beat uses its own). context: all beats of the same records, when `beats` is only part of them.
+    distance: template_distances(beats) when the caller has it already (whole records, no context)."""
     population, rows = record_population(beats, context)
-    distance = template_distances(population) if typical_mads > 0 else None
+    if distance is not None and (context is not None or len(distance) != len(beats)):
+        raise ValueError("distance must hold template_distances(beats) of whole records (no context)")
+    if typical_mads > 0 and distance is None:
+        distance = template_distances(population)
     reference = np.zeros(len(population))
     for name in np.unique(population.record):
         idx = np.flatnonzero(population.record == name)
         idx = idx[np.argsort(population.time_s[idx], kind="stable")]
         rr_prev = population.rr[idx, 0].astype(np.float64)
-        valid = None if distance is None else normal_to_normal(distance[idx], typical_mads)
+        valid = normal_to_normal(distance[idx], typical_mads) if typical_mads > 0 else None
         rr90 = _windowed_percentile(rr_prev, int(window_beats), valid)
         before = np.r_[rr_prev[:1], rr_prev[:-1]]
         reference[idx] = np.exp((1.0 - previous_share) * np.log(np.maximum(rr90, RR_EPS_S))

@@ -142,6 +142,8 @@ def test_rr90_over_normal_to_normal_intervals_ignores_compensatory_pauses():
     assert nn[120:].all()
     every = rhythm_terms(beats.rr, rr_reference(beats, window_beats=128))[0]
     normal = rhythm_terms(beats.rr, rr_reference(beats, window_beats=128, typical_mads=3.0))[0]
+    given = rr_reference(beats, window_beats=128, typical_mads=3.0, distance=template_distances(beats))
+    np.testing.assert_allclose(rhythm_terms(beats.rr, given)[0], normal)  # the caller's distances: the same
     sinus = np.arange(120, 135)  # their windows of 128 beats hold over 10 % pauses
     assert np.all(every[sinus] > 0.3)  # -log(0.9 / 1.3)
     np.testing.assert_allclose(normal[sinus], 0.0, atol=1e-9)
