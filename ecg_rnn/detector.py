@@ -24,7 +24,9 @@ Rhythm terms only add evidence (clipped at 0): a late beat does not make a defor
 atrial fibrillation (`in_af`) they add nothing, since a short RR there is the rhythm, not ectopy.
 Where the signal was judged (`ecg-rnn score`), noise splits the per-record calibration: beats whose
 window the quality stage finds likely noisy (p_noise > `noise_stratum_probability`, in the lead the beat
-comes from) are z-scored against the record's other such beats, the rest against the rest. Noise that
+comes from, or in any window within `noise_stratum_spread_s` of the beat: noise comes in bursts, and the
+windows between a burst's noisiest ones deform their beats as much while the quality model still calls
+them clean) are z-scored against the record's other such beats, the rest against the rest. Noise that
 does not make a whole window unreadable still deforms its beats; against the clean beats' spread every
 one of them would look abnormal, against each other only the abnormal ones do. Beats cut at annotated
 R-peaks have no p_noise (0).
@@ -61,8 +63,8 @@ from ecg_rnn.errors import CheckpointError
 from ecg_rnn.features import (DEFAULT_RECORD_SCALE, DEFAULT_RR_PREVIOUS_SHARE, DEFAULT_RR_REFERENCE_BEATS,
                               DEFAULT_RR_TYPICAL_MADS, MORPHOLOGY_TERMS, MSE_EPS,
                               RHYTHM_TERMS, TERMS, ScoreWeights, beat_zscore, calibrate, check_record_scale, combine,
-                              model_inputs, record_population, rhythm_terms, rr_reference, template_distances,
-                              zscores)
+                              model_inputs, nearby_maximum, record_population, rhythm_terms, rr_reference,
+                              template_distances, zscores)
 from ecg_rnn.model import ModelConfig, RecurrentAutoencoder
 from ecg_rnn.protocols import heldout_mask
 from ecg_rnn.signal import SignalConfig
@@ -86,6 +88,7 @@ DEFAULT_CALIBRATE_PER_RECORD = True
 MIN_FIT_BEATS = 10
 # selected on DS1 records with synthetic noise (docs/evaluation/noise/selection.md); 1: no noisy stratum
 DEFAULT_NOISE_STRATUM_PROBABILITY = 0.3
+DEFAULT_NOISE_STRATUM_SPREAD_S = 10.0
 NOISY_STRATUM_SUFFIX = "~noisy"  # the calibration's name for a record's noisy beats
 
 # An AF mask for the beats of whole records (True inside atrial fibrillation / flutter), as the rhythm
@@ -99,7 +102,7 @@ AfMask = Callable[[Beats], np.ndarray]
 
 PARAMS = ("model", "training", "signal", "beats", "threshold_percentile", "rhythm_weight", "pause_weight",
           "distance_weight", "calibrate_per_record", "record_scale", "adaptation", "rr_reference_beats",
-          "rr_previous_share", "rr_typical_mads", "noise_stratum_probability")
+          "rr_previous_share", "rr_typical_mads", "noise_stratum_probability", "noise_stratum_spread_s")
 
 
 @dataclass
@@ -129,7 +132,8 @@ class RecurrentAEDetector:
                  rr_reference_beats: int = DEFAULT_RR_REFERENCE_BEATS,
                  rr_previous_share: float = DEFAULT_RR_PREVIOUS_SHARE,
                  rr_typical_mads: float = DEFAULT_RR_TYPICAL_MADS,
-                 noise_stratum_probability: float = DEFAULT_NOISE_STRATUM_PROBABILITY):
+                 noise_stratum_probability: float = DEFAULT_NOISE_STRATUM_PROBABILITY,
+                 noise_stratum_spread_s: float = DEFAULT_NOISE_STRATUM_SPREAD_S):
         # stored as given (scikit-learn convention: get_params / clone); checked in fit and load
         self.model = model
         self.training = training
@@ -146,6 +150,7 @@ class RecurrentAEDetector:
         self.rr_previous_share = rr_previous_share
         self.rr_typical_mads = rr_typical_mads
         self.noise_stratum_probability = noise_stratum_probability
+        self.noise_stratum_spread_s = noise_stratum_spread_s
 
     def get_params(self, deep: bool = False) -> dict:
         return {name: getattr(self, name) for name in PARAMS}
@@ -176,6 +181,9 @@ class RecurrentAEDetector:
         if not 0.0 <= self.noise_stratum_probability <= 1.0:
             raise ValueError(f"noise_stratum_probability must be within 0..1 (1: no noisy stratum), "
                              f"not {self.noise_stratum_probability!r}")
+        if not self.noise_stratum_spread_s >= 0.0:
+            raise ValueError(f"noise_stratum_spread_s must be >= 0 seconds (0: the beat's own window), "
+                             f"not {self.noise_stratum_spread_s!r}")
 
     def _inputs(self, beats: Beats, context: Beats | None) -> dict[str, np.ndarray]:
         return model_inputs(beats, self.model.window, per_beat_norm=self.model.input_norm == "beat",
@@ -317,12 +325,14 @@ class RecurrentAEDetector:
     def _calibration_groups(self, population: Beats, rows: np.ndarray,
                             noise_probability: np.ndarray | None) -> np.ndarray:
         """The group each beat's morphology terms are calibrated in: its record, or its record's noisy
-        stratum (NOISY_STRATUM_SUFFIX) where the noise probability of its window is high."""
+        stratum (NOISY_STRATUM_SUFFIX) where the noise probability of its window, or of any beat within
+        noise_stratum_spread_s of it, is high."""
         record = population.record.astype(str)
         if noise_probability is None:
             return record
         probability = np.zeros(len(population))
         probability[rows] = noise_probability
+        probability = nearby_maximum(probability, population.time_s, population.record, self.noise_stratum_spread_s)
         return np.where(probability > self.noise_stratum_probability, np.char.add(record, NOISY_STRATUM_SUFFIX),
                         record)
 
@@ -393,6 +403,7 @@ class RecurrentAEDetector:
                                     "rr_previous_share": self.rr_previous_share,
                                     "rr_typical_mads": self.rr_typical_mads,
                                     "noise_stratum_probability": self.noise_stratum_probability,
+                                    "noise_stratum_spread_s": self.noise_stratum_spread_s,
                                     "adaptation": self.adaptation.to_dict(),
                                     "calibration": self.calibration_, "components": list(COMPONENTS)},
                                    sort_keys=True),
@@ -448,12 +459,13 @@ class RecurrentAEDetector:
                       calibrate_per_record=bool(det_meta["calibrate_per_record"]),
                       adaptation=AdaptConfig(**det_meta["adaptation"]),
                       # detectors saved before these choices existed took the scale from all beats,
-                      # RR90 from the whole record, and no noisy stratum
+                      # RR90 from the whole record, and no noisy stratum (then one without spread)
                       record_scale=str(det_meta.get("record_scale", "all_beats")),
                       rr_reference_beats=int(det_meta.get("rr_reference_beats", 0)),
                       rr_previous_share=float(det_meta.get("rr_previous_share", 0.0)),
                       rr_typical_mads=float(det_meta.get("rr_typical_mads", 0.0)),
-                      noise_stratum_probability=float(det_meta.get("noise_stratum_probability", 1.0)))
+                      noise_stratum_probability=float(det_meta.get("noise_stratum_probability", 1.0)),
+                      noise_stratum_spread_s=float(det_meta.get("noise_stratum_spread_s", 0.0)))
             det._check_settings()
             model = RecurrentAutoencoder(det.model)
             state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}

@@ -198,6 +198,38 @@ RECORD_SCALE_LABELS = {"lower_half": "scale from the lower half of its beats", "
 DEFAULT_RECORD_SCALE = "lower_half"  # selected by cross-validation inside DS1 (docs/evaluation/selection.md)
 
 
+def nearby_maximum(values: np.ndarray, time_s: np.ndarray, record: np.ndarray, within_s: float) -> np.ndarray:
+    """Per beat, the largest value among the beats of its record within `within_s` seconds of it (itself
+    included); within_s = 0 returns the values."""
+    values = np.asarray(values, dtype=np.float64)
+    if within_s <= 0:
+        return values.copy()
+    time_s, record = np.asarray(time_s, dtype=np.float64), np.asarray(record)
+    out = np.empty_like(values)
+    for name in np.unique(record):
+        rows = np.flatnonzero(record == name)
+        rows = rows[np.argsort(time_s[rows], kind="stable")]
+        t = time_s[rows]
+        out[rows] = _range_maximum(values[rows], np.searchsorted(t, t - within_s, "left"),
+                                   np.searchsorted(t, t + within_s, "right"))
+    return out
+
+
+def _range_maximum(v: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """max(v[lo[i]:hi[i]]) for every i (hi > lo) from a sparse table, level j holding the maxima of 2**j
+    consecutive values: vectorised, O(n log n) however long the recording."""
+    levels = [v]
+    while 2 ** len(levels) <= len(v):
+        half = 2 ** (len(levels) - 1)
+        levels.append(np.maximum(levels[-1][:-half], levels[-1][half:]))
+    level = np.floor(np.log2(hi - lo)).astype(np.int64)
+    out = np.empty(len(v))
+    for j in np.unique(level):
+        at = level == j
+        out[at] = np.maximum(levels[j][lo[at]], levels[j][hi[at] - 2 ** j])
+    return out
+
+
 def check_record_scale(record_scale: str) -> None:
     if record_scale not in RECORD_SCALES:
         raise ValueError(f"record_scale must be one of {', '.join(RECORD_SCALES)}, not {record_scale!r}")

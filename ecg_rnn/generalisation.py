@@ -28,6 +28,8 @@ from ecg_rnn.detector import RecurrentAEDetector
 from ecg_rnn.experiments import af_mask_function, detected_af_mask, reference_af_mask
 from ecg_rnn.metrics import evaluate_detector
 from ecg_rnn.protocols import DS1, DS2, build_beat_set, locate_mitdb
+from ecg_rnn.scoring import flag_beats
+from ecg_rnn.suggest import suggest_classes
 from ecg_rnn.variants import VARIANTS, variant_beat_set
 
 AF_RECORDS = ("201", "202", "203", "210", "219", "221", "222")  # MIT-BIH records with AF / AFL episodes
@@ -87,14 +89,17 @@ def record_breakdown(detector: RecurrentAEDetector, folder: Path, records: tuple
 
 def evaluate_af_records(detector: RecurrentAEDetector, folder: Path, progress: bool = True) -> dict:
     """Per AF record and pooled: normal beats inside the reference AF / AFL episodes flagged, and V recall
-    (all V beats of the record), with the reference and with the detected AF mask."""
+    (all V beats of the record), with the reference, the detected and no AF mask; flagged as scoring flags
+    (scoring.flag_beats: inside the mask a beat suggested ventricular is flagged whatever its score)."""
     beats = build_beat_set(AF_RECORDS, folder, detector.signal, detector.beats, progress=progress)
     reference = reference_af_mask(beats, folder)
     out = {}
     for kind in ("reference", "detected", "none"):
         mask = af_mask_function(kind, folder)
-        in_af = None if mask is None else mask(beats)
-        flagged = detector.score_samples(beats, in_af=in_af) > detector.threshold_
+        in_af = np.zeros(len(beats), dtype=bool) if mask is None else mask(beats)
+        suggested = suggest_classes(beats, in_af, signal_config=detector.signal, beat_config=detector.beats)
+        flagged = flag_beats(detector.score_samples(beats, in_af=in_af), detector.threshold_,
+                             np.zeros(len(beats), dtype=bool), in_af, suggested)
         per_record = []
         for name in AF_RECORDS:
             rows = beats.record == name
@@ -142,7 +147,8 @@ def markdown(report: dict) -> str:
               f"{100 * AF_TARGETS['normal_flagged_pooled']:g} % "
               f"pooled and <= {100 * AF_TARGETS['normal_flagged_per_record']:g} % per record; V recall >= "
               f"{AF_TARGETS['v_recall']}. 201 and 203 are DS1 records (their normal beats may have trained the "
-              "model); the others are DS2.", "",
+              "model); the others are DS2. Flagged as `ecg-rnn score` flags (scoring.flag_beats): the score "
+              "passes the threshold or, inside the AF mask, the suggestion calls the beat ventricular.", "",
               "| AF mask given | record | normal beats in AF | flagged | V beats | V recall |", "|---" * 6 + "|"]
     for kind, res in report["af_records"].items():
         for r in res["records"]:

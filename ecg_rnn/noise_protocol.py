@@ -8,7 +8,7 @@ Per noise kind and SNR, over the noisy stretches (from minute 5 on, 2 minutes no
 - coverage: reference beats found by a detection not marked `noise`;
 - ROC-AUC and AP (abnormal = S, V, F, Q) and the share of normal beats flagged, over those beats.
 The same figures over the clean stretches show what the noise costs. Selection (the quality stage's
-thresholds, and the detector's noisy-stratum probability by `select_noise_stratum`) is done on DS1
+thresholds, and the detector's noisy-stratum probability and spread by `select_noise_stratum`) is done on DS1
 records only; the report runs on DS2 records.
 """
 
@@ -24,7 +24,7 @@ import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 from tqdm.auto import tqdm
 
-from ecg_rnn.beats import ABNORMAL_CLASSES, MATCH_TOLERANCE_S, aami_class, cut_source, reference_beats_of
+from ecg_rnn.beats import ABNORMAL_CLASSES, MATCH_TOLERANCE_S, CutBeats, aami_class, cut_source, reference_beats_of
 from ecg_rnn.protocols import DS1, DS2, locate_mitdb
 from ecg_rnn.records import open_record, source_from_arrays
 from ecg_rnn.scoring import score_beats
@@ -32,8 +32,10 @@ from ecg_rnn.stress import CLEAN_START_S, NOISE_KINDS, NSTDB_SNR_DB, add_noise, 
 
 CLEAN = float("inf")  # the "SNR" of the unchanged record, scored as a reference row
 NOISE_SEED = 1984
-# the detector's noise_stratum_probability: the selection's grid (1: no noisy stratum)...
+# the detector's noise_stratum_probability and noise_stratum_spread_s: the selection's grid (probability 1:
+# no noisy stratum, whatever the spread)...
 NOISE_STRATA = (1.0, 0.5, 0.3, 0.2, 0.1)
+NOISE_SPREADS_S = (0.0, 5.0, 10.0, 20.0, 40.0)
 SELECTION_SNRS_DB = (12.0, 6.0)  # ...judged at these SNRs (the targets'), both stretches
 
 
@@ -139,9 +141,38 @@ class StressedScore:
                         where[self.ref_sample], where[np.clip(self.sample, 0, len(where) - 1)], tolerance)
 
 
+@dataclass
+class StressedCut:
+    """One record at one (noise kind, SNR), cut as `ecg-rnn score` cuts it, with its reference beats."""
+
+    kind: str
+    snr_db: float
+    cut: CutBeats
+    ref_sample: np.ndarray
+    ref_aami: np.ndarray
+    n_samples: int
+    fs: float
+
+    def scored(self, detector) -> StressedScore:
+        """Scored by `detector` as `ecg-rnn score` scores it."""
+        scored = score_beats(detector, self.cut, False)
+        quality = scored.quality if scored.quality is not None else np.full(len(self.cut.beats), "ok")
+        return StressedScore(self.kind, self.snr_db, self.ref_sample, self.ref_aami, scored.beats.sample,
+                             quality == "ok", scored.score, scored.flagged, self.cut.noise_probability,
+                             noisy_mask(self.n_samples, self.fs),
+                             np.arange(self.n_samples) / self.fs >= CLEAN_START_S, self.fs)
+
+
 def stressed_scores(detector, records: tuple[str, ...], kinds: tuple[str, ...], snrs: tuple[float, ...],
                     progress: bool = True) -> Iterator[StressedScore]:
     """Every record at every (kind, SNR) scored as `ecg-rnn score` scores it (CLEAN among snrs: unchanged)."""
+    for job in stressed_cuts(detector, records, kinds, snrs, progress):
+        yield job.scored(detector)
+
+
+def stressed_cuts(detector, records: tuple[str, ...], kinds: tuple[str, ...], snrs: tuple[float, ...],
+                  progress: bool = True) -> Iterator[StressedCut]:
+    """Every record at every (kind, SNR) cut with the detector's configs (CLEAN among snrs: unchanged)."""
     folder = locate_mitdb(quiet=not progress)
     jobs = [(r, k, s) for r in records for k in kinds for s in snrs]
     bar = tqdm(jobs, desc="noise stress test", unit="record", disable=not progress, file=sys.stderr)
@@ -157,11 +188,7 @@ def stressed_scores(detector, records: tuple[str, ...], kinds: tuple[str, ...], 
         stressed = source_from_arrays(name, noisy, fs, tuple(source.sig_name[c] for c in source.ecg_channels), 0,
                                       origin=f"{name} + {kind} at {snr:g} dB")
         cut = cut_source(stressed, detector.signal, detector.beats, peaks="detect")
-        scored = score_beats(detector, cut, False)
-        quality = scored.quality if scored.quality is not None else np.full(len(cut.beats), "ok")
-        yield StressedScore(kind, snr, ref_sample, ref_aami, scored.beats.sample, quality == "ok", scored.score,
-                            scored.flagged, cut.noise_probability, noisy_mask(len(leads), fs),
-                            np.arange(len(leads)) / fs >= CLEAN_START_S, fs)
+        yield StressedCut(kind, snr, cut, ref_sample, ref_aami, len(leads), fs)
 
 
 def evaluate_noise(detector, records: tuple[str, ...] = DS2, kinds: tuple[str, ...] = NOISE_KINDS,
@@ -184,27 +211,35 @@ def _pooled_roc_auc(cells: list[Counts]) -> float:
     return _metrics(pooled)["roc_auc"]
 
 
+def stratum_candidates(strata: tuple[float, ...], spreads_s: tuple[float, ...]) -> list[dict[str, float]]:
+    """Every (noise_stratum_probability, noise_stratum_spread_s) pair; without a stratum (probability >= 1)
+    the spread changes nothing, so it is tried once."""
+    return [{"noise_stratum_probability": p, "noise_stratum_spread_s": w}
+            for p in strata for w in (spreads_s[:1] if p >= 1 else spreads_s)]
+
+
 def select_noise_stratum(detector, records: tuple[str, ...], clean_records: tuple[str, ...],
-                         strata: tuple[float, ...] = NOISE_STRATA, kinds: tuple[str, ...] = NOISE_KINDS,
-                         snrs: tuple[float, ...] = SELECTION_SNRS_DB, progress: bool = True) -> dict:
-    """The detector's noise_stratum_probability, chosen on DS1: the value with the best mean of two pooled
-    ROC-AUCs over the beats not marked noise, one of `clean_records` as they are (recordings are mostly
-    clean, and V beats raise a window's noise probability too), one of `records` (those the model never
-    trained on) made noisy at `snrs`, every kind, noisy and clean stretches together. Every value scores
-    the same copies."""
+                         strata: tuple[float, ...] = NOISE_STRATA, spreads_s: tuple[float, ...] = NOISE_SPREADS_S,
+                         kinds: tuple[str, ...] = NOISE_KINDS, snrs: tuple[float, ...] = SELECTION_SNRS_DB,
+                         progress: bool = True) -> dict:
+    """The detector's noise_stratum_probability and noise_stratum_spread_s, chosen on DS1: the pair with the
+    best mean of two pooled ROC-AUCs over the beats not marked noise, one of `clean_records` as they are
+    (recordings are mostly clean, and V beats raise a window's noise probability too), one of `records`
+    (those the model never trained on) made noisy at `snrs`, every kind, noisy and clean stretches
+    together. Every pair scores the same cut copies."""
+    cuts = [*stressed_cuts(detector, clean_records, kinds[:1], (CLEAN,), progress),
+            *stressed_cuts(detector, records, kinds, snrs, progress)]
     rows = []
-    for value in strata:
+    candidates = stratum_candidates(strata, spreads_s)
+    for setting in tqdm(candidates, desc="noisy stratum settings", disable=not progress, file=sys.stderr):
         cells: dict[tuple, Counts] = {}
-        candidate = copy.copy(detector).set_params(noise_stratum_probability=value)
-        jobs = [*stressed_scores(candidate, clean_records, kinds[:1], (CLEAN,), progress),
-                *stressed_scores(candidate, records, kinds, snrs, progress)]
-        for job in jobs:
+        candidate = copy.copy(detector).set_params(**setting)
+        for job in (cut.scored(candidate) for cut in cuts):
             job.add_to(cells, ("unchanged", "clean") if job.snr_db == CLEAN else (job.kind, job.snr_db),
                        job.score, job.flagged)
         clean = _pooled_roc_auc([c for k, c in cells.items() if k[0] == "unchanged"])
         noisy = _pooled_roc_auc([c for k, c in cells.items() if k[0] != "unchanged"])
-        row = {"noise_stratum_probability": value, "criterion": (clean + noisy) / 2,
-               "clean_roc_auc": clean, "noisy_roc_auc": noisy}
+        row = {**setting, "criterion": (clean + noisy) / 2, "clean_roc_auc": clean, "noisy_roc_auc": noisy}
         for (kind, snr, stretch), cell in sorted(cells.items(), key=lambda kv: str(kv[0])):
             m = _metrics(cell)
             name = f"unchanged records, {stretch} stretches" if kind == "unchanged" else f"{kind} {snr:g} dB {stretch}"
@@ -212,28 +247,31 @@ def select_noise_stratum(detector, records: tuple[str, ...], clean_records: tupl
         rows.append(row)
     best = max(rows, key=lambda r: r["criterion"])
     return {"records": list(records), "clean_records": list(clean_records), "kinds": list(kinds),
-            "snrs_db": list(snrs), "strata": list(strata),
+            "snrs_db": list(snrs), "strata": list(strata), "spreads_s": list(spreads_s),
             "criterion": "mean of two pooled ROC-AUCs of the beats not marked noise: the unchanged records, and "
                          f"the noisy copies (every kind, SNR {', '.join(f'{x:g}' for x in snrs)} dB, noisy and "
                          "clean stretches)",
-            "selected": best["noise_stratum_probability"], "rows": rows}
+            "selected": {k: best[k] for k in SETTINGS}, "rows": rows}
+
+
+SETTINGS = ("noise_stratum_probability", "noise_stratum_spread_s")
 
 
 def selection_markdown(report: dict) -> str:
-    """The selection table: per noisy-stratum probability, the criterion and each cell's ROC-AUC, share
-    of normal beats flagged and abnormal recall."""
-    key = "noise_stratum_probability"
+    """The selection table: per noisy-stratum setting, the criterion and each cell's ROC-AUC, share of
+    normal beats flagged and abnormal recall."""
     summary = ("criterion", "clean_roc_auc", "noisy_roc_auc")
-    cells = [k for k in report["rows"][0] if k not in (key, *summary)]
-    lines = ["| noisy stratum above | criterion | ROC-AUC unchanged | ROC-AUC noisy | " + " | ".join(cells) + " |",
-             "|---" * (len(cells) + 4) + "|"]
+    cells = [k for k in report["rows"][0] if k not in (*SETTINGS, *summary)]
+    lines = ["| noisy stratum above | spread (s) | criterion | ROC-AUC unchanged | ROC-AUC noisy | "
+             + " | ".join(cells) + " |", "|---" * (len(cells) + 5) + "|"]
     for row in report["rows"]:
-        marks = " (selected)" if row[key] == report["selected"] else ""
+        chosen = all(row[k] == report["selected"][k] for k in SETTINGS)
         values = [" / ".join("–" if not np.isfinite(row[c][k]) else f"{row[c][k]:.3f}"
                              for k in ("roc_auc", "normal_flagged", "abnormal_recall")) for c in cells]
-        label = "none" if row[key] >= 1 else f"{row[key]:g}"
-        lines.append(f"| {label}{marks} | " + " | ".join(f"{row[k]:.4f}" for k in summary) + " | "
-                     + " | ".join(values) + " |")
+        probability, spread = (row[k] for k in SETTINGS)
+        label = "none" if probability >= 1 else f"{probability:g}"
+        lines.append(f"| {label}{' (selected)' if chosen else ''} | {'–' if probability >= 1 else f'{spread:g}'} | "
+                     + " | ".join(f"{row[k]:.4f}" for k in summary) + " | " + " | ".join(values) + " |")
     return "\n".join(lines)
 
 
@@ -257,7 +295,8 @@ def markdown_table(report: dict, stretch: str = "noisy") -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """python -m ecg_rnn.noise_protocol [--model M] [--out DIR]: select the detector's noisy-stratum
-    probability on the DS1 records the model was calibrated on but never trained on (its held-out records)."""
+    probability and spread on the DS1 records the model was calibrated on but never trained on (its held-out
+    records)."""
     import argparse
     import json
     import time
@@ -277,6 +316,9 @@ def main(argv: list[str] | None = None) -> int:
     report = select_noise_stratum(detector, records, DS1)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "selection.json").write_text(json.dumps(report, indent=2, default=float))
+    chosen = report["selected"]
+    chosen_text = (f"probability above {chosen['noise_stratum_probability']:g}, spread "
+                   f"{chosen['noise_stratum_spread_s']:g} s")
     (args.out / "selection.md").write_text(
         "# The detector's noisy stratum, selected on DS1\n\n"
         f"Command: `python -m ecg_rnn.noise_protocol --out {args.out}` ({time.monotonic() - t0:.0f} s); model: "
@@ -284,11 +326,12 @@ def main(argv: list[str] | None = None) -> int:
         f"model trained on the normal beats of 15 of them). Made noisy: {', '.join(records)}, the DS1 records "
         "this model holds out (its calibration and threshold come from their normal beats; it never trained on "
         "them), as the stress test makes DS2's (ecg_rnn.stress). A beat whose window's noise "
-        "probability (the quality stage's, in the lead the beat comes from) is above the value is calibrated "
-        "against the record's other such beats (`noise_stratum_probability`; none: every beat against the "
-        "whole record). Criterion: " + report["criterion"] + f". Selected: **{report['selected']:g}**. Each "
-        "cell: ROC-AUC / share of normal beats flagged / abnormal recall.\n\n" + selection_markdown(report) + "\n")
-    print(f"selected noise_stratum_probability {report['selected']:g} -> {args.out / 'selection.md'}")
+        "probability (the quality stage's, in the lead the beat comes from), or that of any beat within the "
+        "spread of it, is above the value is calibrated against the record's other such beats "
+        "(`noise_stratum_probability`, `noise_stratum_spread_s`; none: every beat against the whole record). "
+        "Criterion: " + report["criterion"] + f". Selected: **{chosen_text}**. Each cell: ROC-AUC / share of "
+        "normal beats flagged / abnormal recall.\n\n" + selection_markdown(report) + "\n")
+    print(f"selected noisy stratum: {chosen_text} -> {args.out / 'selection.md'}")
     return 0
 
 

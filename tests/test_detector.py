@@ -280,6 +280,7 @@ def test_a_checkpoint_saved_before_record_scale_keeps_its_scale(det, beats208, t
         settings.pop("rr_previous_share")
         settings.pop("rr_typical_mads")
         settings.pop("noise_stratum_probability")
+        settings.pop("noise_stratum_spread_s")
         if record_scale is not None:
             settings["record_scale"] = record_scale
         changed = {**{k: v for k, v in meta.items() if k != "digest"}, "detector": json.dumps(settings, sort_keys=True)}
@@ -292,8 +293,9 @@ def test_a_checkpoint_saved_before_record_scale_keeps_its_scale(det, beats208, t
     assert old.rr_previous_share == 0.0
     assert old.rr_typical_mads == 0.0 != det.rr_typical_mads
     assert old.noise_stratum_probability == 1.0 != det.noise_stratum_probability
+    assert old.noise_stratum_spread_s == 0.0 != det.noise_stratum_spread_s
     twin = copy.copy(det).set_params(record_scale="all_beats", rr_reference_beats=0, rr_previous_share=0.0,
-                                     rr_typical_mads=0.0, noise_stratum_probability=1.0)
+                                     rr_typical_mads=0.0, noise_stratum_probability=1.0, noise_stratum_spread_s=0.0)
     np.testing.assert_allclose(old.score_samples(beats208), twin.score_samples(beats208), atol=1e-6)
     with pytest.raises(CheckpointError, match="record_scale"):
         RecurrentAEDetector.load(saved_with("upper_half", "bad.safetensors"))
@@ -310,6 +312,8 @@ def test_an_unknown_record_scale_is_refused_before_training(beats208):
         RecurrentAEDetector(rr_previous_share=-0.5).fit(beats208)
     with pytest.raises(ValueError, match="noise_stratum_probability must be"):
         RecurrentAEDetector(noise_stratum_probability=1.5).fit(beats208)
+    with pytest.raises(ValueError, match="noise_stratum_spread_s must be"):
+        RecurrentAEDetector(noise_stratum_spread_s=-5.0).fit(beats208)
 
 
 def test_noise_probability_splits_only_the_morphology_calibration(det, beats208):
@@ -325,3 +329,18 @@ def test_noise_probability_splits_only_the_morphology_calibration(det, beats208)
     assert not np.allclose(split.components["distance"][first], plain.components["distance"][first])
     with pytest.raises(ValueError, match="noise_probability has shape"):
         det.analyse(beats208, noise_probability=np.zeros(3))
+
+
+def test_the_noisy_stratum_spreads_to_the_beats_near_a_noisy_window(det, beats208):
+    """One beat judged noisy: without spread it forms a stratum of one; with it, the beats within the
+    spread join it (calibrated among themselves), the beats beyond it do not."""
+    probability = np.zeros(len(beats208))
+    middle = len(beats208) // 2
+    probability[middle] = 0.9
+    t = beats208.time_s - beats208.time_s[middle]
+    near, far = (np.abs(t) <= 20.0) & (t != 0), np.abs(t) > 20.0
+    alone = copy.copy(det).set_params(noise_stratum_spread_s=0.0).analyse(beats208, noise_probability=probability)
+    spread = copy.copy(det).set_params(noise_stratum_spread_s=20.0).analyse(beats208, noise_probability=probability)
+    assert near.sum() > 10
+    assert not np.allclose(spread.components["distance"][near], alone.components["distance"][near])
+    np.testing.assert_allclose(spread.components["recon"][far], alone.components["recon"][far], rtol=0.05, atol=0.05)

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from ecg_rnn.beats import Beats
-from ecg_rnn.features import (RECORD_PRIOR_BEATS, ScoreWeights, combine, normal_to_normal, record_population,
-                              rhythm_terms, rr_reference, template_distances, zscores)
+from ecg_rnn.features import (RECORD_PRIOR_BEATS, ScoreWeights, combine, nearby_maximum, normal_to_normal,
+                              record_population, rhythm_terms, rr_reference, template_distances, zscores)
 
 CALIBRATION = {"recon": [0.0, 1.0], "distance": [0.0, 1.0], "premature": [0.1, 0.1], "pause": [0.0, 0.05]}
 
@@ -162,3 +162,16 @@ def test_local_rr90_per_record_in_time_order_and_whole_for_short_records():
     assert np.isclose(reference[0], np.percentile(long_rr[:100], 90))  # windows shift inward at the ends
     part = beats.subset(np.arange(280, 320))  # scored alone, with the record as context: the same
     np.testing.assert_allclose(rr_reference(part, beats, window_beats=100), reference[280:320])
+
+
+def test_nearby_maximum_is_the_largest_value_within_the_span_of_each_beat_in_its_record():
+    rng = np.random.default_rng(3)
+    for n in (1, 2, 9, 700):
+        time_s = np.sort(rng.uniform(0.0, 300.0, n))
+        values, record = rng.random(n), np.where(rng.random(n) < 0.5, "a", "b")
+        for within_s in (0.0, 0.7, 4.0, 50.0):
+            brute = [values[(record == record[i]) & (np.abs(time_s - time_s[i]) <= within_s)].max() for i in range(n)]
+            np.testing.assert_allclose(nearby_maximum(values, time_s, record, within_s), brute)
+    shuffled = rng.permutation(n)  # beats in any order: each takes its neighbours in time
+    np.testing.assert_allclose(nearby_maximum(values[shuffled], time_s[shuffled], record[shuffled], 4.0),
+                               nearby_maximum(values, time_s, record, 4.0)[shuffled])

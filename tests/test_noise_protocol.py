@@ -14,7 +14,7 @@ import pytest
 
 from ecg_rnn import cli
 from ecg_rnn.detector import RecurrentAEDetector
-from ecg_rnn.noise_protocol import evaluate_noise, select_noise_stratum, stressed_scores
+from ecg_rnn.noise_protocol import evaluate_noise, select_noise_stratum, stressed_cuts
 from ecg_rnn.paths import default_model_path, sample_records_dir
 
 
@@ -71,9 +71,10 @@ def stressed_100(monkeypatch_module):
     """Record 100 with electrode motion at 12 dB, scored with and without the noisy stratum."""
     monkeypatch_module.setenv("MITDB_DIR", str(sample_records_dir()))
     detector = RecurrentAEDetector.load(default_model_path())
-    return {value: next(stressed_scores(copy.copy(detector).set_params(noise_stratum_probability=value), ("100",),
-                                        ("em",), (12.0,), progress=False))
-            for value in (1.0, 0.2)}
+    cut = next(stressed_cuts(detector, ("100",), ("em",), (12.0,), progress=False))
+    return {(value, spread): cut.scored(copy.copy(detector).set_params(noise_stratum_probability=value,
+                                                                        noise_stratum_spread_s=spread))
+            for value, spread in ((1.0, 0.0), (0.2, 0.0), (0.3, 0.0), (0.3, 20.0))}
 
 
 def _normal_flagged(job, stretch_mask):
@@ -84,7 +85,7 @@ def _normal_flagged(job, stretch_mask):
 
 
 def test_noisy_beats_are_calibrated_among_themselves(stressed_100):
-    whole, split = stressed_100[1.0], stressed_100[0.2]
+    whole, split = stressed_100[1.0, 0.0], stressed_100[0.2, 0.0]
     np.testing.assert_array_equal(whole.sample, split.sample)  # the same beats, only calibrated apart
     noisy_at = whole.noisy[np.clip(whole.sample, 0, len(whole.noisy) - 1)]
     clean_at = ~noisy_at & whole.after_learning[np.clip(whole.sample, 0, len(whole.noisy) - 1)]
@@ -95,14 +96,26 @@ def test_noisy_beats_are_calibrated_among_themselves(stressed_100):
     assert _normal_flagged(split, clean_stretch) < 0.05
 
 
+def test_the_noisy_stratum_spread_takes_in_the_noisy_stretch_between_its_noisiest_windows(stressed_100):
+    """Electrode motion comes in bursts: windows between a burst's noisiest ones are called clean by the
+    quality model yet deform their beats; spreading the stratum over 20 s calibrates them with the noise."""
+    own, spread = stressed_100[0.3, 0.0], stressed_100[0.3, 20.0]
+    np.testing.assert_array_equal(own.sample, spread.sample)
+    assert _normal_flagged(own, own.noisy) > 0.15
+    assert _normal_flagged(spread, spread.noisy) < 0.5 * _normal_flagged(own, own.noisy)
+    assert _normal_flagged(spread, ~spread.noisy & spread.after_learning) < 0.05
+
+
 def test_noise_stratum_selection_takes_the_best_mean_of_clean_and_noisy_roc_auc(monkeypatch):
     monkeypatch.setenv("MITDB_DIR", str(sample_records_dir()))
     detector = RecurrentAEDetector.load(default_model_path())
-    report = select_noise_stratum(detector, ("208",), ("232",), strata=(1.0, 0.2), kinds=("ma",), snrs=(6.0,),
-                                  progress=False)
+    report = select_noise_stratum(detector, ("208",), ("232",), strata=(1.0, 0.2), spreads_s=(0.0, 20.0),
+                                  kinds=("ma",), snrs=(6.0,), progress=False)
     for row in report["rows"]:
         assert row["criterion"] == pytest.approx((row["clean_roc_auc"] + row["noisy_roc_auc"]) / 2)
-    aucs = {r["noise_stratum_probability"]: r["criterion"] for r in report["rows"]}
-    assert set(aucs) == {1.0, 0.2} and report["selected"] == max(aucs, key=aucs.get)
+    aucs = {(r["noise_stratum_probability"], r["noise_stratum_spread_s"]): r["criterion"] for r in report["rows"]}
+    assert set(aucs) == {(1.0, 0.0), (0.2, 0.0), (0.2, 20.0)}  # without a stratum the spread is not tried
+    best = max(aucs, key=aucs.get)
+    assert report["selected"] == {"noise_stratum_probability": best[0], "noise_stratum_spread_s": best[1]}
     assert all(0.5 < a < 1.0 for a in aucs.values())  # 208 holds hundreds of V beats: ranking works
     assert {"ma 6 dB noisy", "ma 6 dB clean", "unchanged records, clean stretches"} <= set(report["rows"][0])

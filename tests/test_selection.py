@@ -13,8 +13,8 @@ from ecg_rnn.baselines import TEMPLATE_RR_PERCENTILE, TEMPLATE_RR_WEIGHTS, Templ
 from ecg_rnn.detector import (DEFAULT_ADAPTATION, DEFAULT_DISTANCE_WEIGHT, DEFAULT_MODEL_CONFIG,
                               DEFAULT_PAUSE_WEIGHT, DEFAULT_RHYTHM_WEIGHT, DEFAULT_THRESHOLD_PERCENTILE,
                               DEFAULT_CALIBRATE_PER_RECORD, DEFAULT_NOISE_STRATUM_PROBABILITY,
-                              DEFAULT_RECORD_SCALE, DEFAULT_RR_PREVIOUS_SHARE, DEFAULT_RR_REFERENCE_BEATS,
-                              DEFAULT_RR_TYPICAL_MADS)
+                              DEFAULT_NOISE_STRATUM_SPREAD_S, DEFAULT_RECORD_SCALE, DEFAULT_RR_PREVIOUS_SHARE,
+                              DEFAULT_RR_REFERENCE_BEATS, DEFAULT_RR_TYPICAL_MADS)
 from ecg_rnn.model import ModelConfig
 from ecg_rnn.protocols import DS1, build_beat_set
 from ecg_rnn.selection import (Candidate, SelectionData, af_masks, fold_detector, fold_terms, load_terms,
@@ -99,4 +99,5 @@ def test_the_shipped_defaults_are_what_selection_chose():
     assert no_learning["rr_typical_mads"] == TemplateRRBaseline().rr_typical_mads
     assert no_learning["threshold_percentile"] == TEMPLATE_RR_PERCENTILE
     noise = json.loads((REPO / "docs" / "evaluation" / "noise" / "selection.json").read_text())
-    assert noise["selected"] == DEFAULT_NOISE_STRATUM_PROBABILITY
+    assert noise["selected"] == {"noise_stratum_probability": DEFAULT_NOISE_STRATUM_PROBABILITY,
+                                 "noise_stratum_spread_s": DEFAULT_NOISE_STRATUM_SPREAD_S}
