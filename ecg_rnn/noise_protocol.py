@@ -36,6 +36,7 @@ NOISE_SEED = 1984
 # no noisy stratum, whatever the spread)...
 NOISE_STRATA = (1.0, 0.5, 0.3, 0.2, 0.1)
 NOISE_SPREADS_S = (0.0, 5.0, 10.0, 20.0, 40.0)
+SETTINGS = ("noise_stratum_probability", "noise_stratum_spread_s")  # the detector settings selected here
 SELECTION_SNRS_DB = (12.0, 6.0)  # ...judged at these SNRs (the targets'), both stretches
 
 
@@ -214,8 +215,7 @@ def _pooled_roc_auc(cells: list[Counts]) -> float:
 def stratum_candidates(strata: tuple[float, ...], spreads_s: tuple[float, ...]) -> list[dict[str, float]]:
     """Every (noise_stratum_probability, noise_stratum_spread_s) pair; without a stratum (probability >= 1)
     the spread changes nothing, so it is tried once."""
-    return [{"noise_stratum_probability": p, "noise_stratum_spread_s": w}
-            for p in strata for w in (spreads_s[:1] if p >= 1 else spreads_s)]
+    return [dict(zip(SETTINGS, (p, w))) for p in strata for w in (spreads_s[:1] if p >= 1 else spreads_s)]
 
 
 def select_noise_stratum(detector, records: tuple[str, ...], clean_records: tuple[str, ...],
@@ -252,9 +252,6 @@ def select_noise_stratum(detector, records: tuple[str, ...], clean_records: tupl
                          f"the noisy copies (every kind, SNR {', '.join(f'{x:g}' for x in snrs)} dB, noisy and "
                          "clean stretches)",
             "selected": {k: best[k] for k in SETTINGS}, "rows": rows}
-
-
-SETTINGS = ("noise_stratum_probability", "noise_stratum_spread_s")
 
 
 def selection_markdown(report: dict) -> str:
