@@ -88,12 +88,12 @@ def _windowed_percentile(x: np.ndarray, window: int, valid: np.ndarray | None = 
         whole = _percentile_of_valid(kept[None, :])[0]
         return np.full(n, whole if np.isfinite(whole) else np.percentile(x, RR_REFERENCE_PERCENTILE))
     views, kept_views = (np.lib.stride_tricks.sliding_window_view(v, window) for v in (x, kept))
-    blocks = range(0, len(views), PERCENTILE_BLOCK)
-    per_start = np.concatenate([_percentile_of_valid(kept_views[i:i + PERCENTILE_BLOCK]) for i in blocks])
-    if np.isnan(per_start).any():
-        every = np.concatenate([np.percentile(views[i:i + PERCENTILE_BLOCK], RR_REFERENCE_PERCENTILE, axis=1)
-                                for i in blocks])
-        per_start = np.where(np.isnan(per_start), every, per_start)
+    per_start = np.concatenate([_percentile_of_valid(kept_views[i:i + PERCENTILE_BLOCK])
+                                for i in range(0, len(views), PERCENTILE_BLOCK)])
+    sparse = np.flatnonzero(np.isnan(per_start))  # windows with too few valid values: every value counts
+    for i in range(0, len(sparse), PERCENTILE_BLOCK):
+        part = sparse[i:i + PERCENTILE_BLOCK]
+        per_start[part] = np.percentile(views[part], RR_REFERENCE_PERCENTILE, axis=1)
     starts = np.clip(np.arange(n) - window // 2, 0, n - window)
     return per_start[starts]
 
@@ -103,9 +103,8 @@ def normal_to_normal(distance: np.ndarray, typical_mads: float) -> np.ndarray:
     shape: both beats' template distance at most typical_mads robust standard deviations above the
     record's median distance. The interval into and out of an ectopic beat (its coupling interval and
     compensatory pause) are left out."""
-    median = np.median(distance)
-    scale = MAD_TO_SIGMA * np.median(np.abs(distance - median))
-    typical = distance <= median + typical_mads * max(scale, MIN_SCALE)
+    median, scale = robust_location_scale(distance)
+    typical = distance <= median + typical_mads * scale
     return typical & np.r_[True, typical[:-1]]
 
 

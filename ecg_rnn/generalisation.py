@@ -29,7 +29,7 @@ from ecg_rnn.experiments import af_mask_function, detected_af_mask, reference_af
 from ecg_rnn.metrics import evaluate_detector
 from ecg_rnn.protocols import DS1, DS2, build_beat_set, locate_mitdb
 from ecg_rnn.scoring import flag_beats
-from ecg_rnn.suggest import suggest_classes
+from ecg_rnn.suggest import BeatLayout, SuggestConfig, classify, morphology_evidence
 from ecg_rnn.variants import VARIANTS, variant_beat_set
 
 AF_RECORDS = ("201", "202", "203", "210", "219", "221", "222")  # MIT-BIH records with AF / AFL episodes
@@ -93,11 +93,13 @@ def evaluate_af_records(detector: RecurrentAEDetector, folder: Path, progress: b
     (scoring.flag_beats: inside the mask a beat suggested ventricular is flagged whatever its score)."""
     beats = build_beat_set(AF_RECORDS, folder, detector.signal, detector.beats, progress=progress)
     reference = reference_af_mask(beats, folder)
+    # the morphology families do not depend on the AF mask: found once, classified per mask
+    evidence = morphology_evidence(beats, layout=BeatLayout.of(detector.signal, detector.beats))
     out = {}
     for kind in ("reference", "detected", "none"):
         mask = af_mask_function(kind, folder)
         in_af = np.zeros(len(beats), dtype=bool) if mask is None else mask(beats)
-        suggested = suggest_classes(beats, in_af, signal_config=detector.signal, beat_config=detector.beats)
+        suggested = classify(evidence, beats.rr, beats.record, in_af, SuggestConfig())
         flagged = flag_beats(detector.score_samples(beats, in_af=in_af), detector.threshold_,
                              np.zeros(len(beats), dtype=bool), in_af, suggested)
         per_record = []

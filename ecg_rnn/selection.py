@@ -449,6 +449,12 @@ def _window_label(window: int, previous_share: float = 0.0, typical_mads: float 
     return rr90 if previous_share == 0.0 else f"{rr90}, leaning {previous_share:g} to the cycle before"
 
 
+def _reference_label(settings: dict) -> str:
+    """_window_label of a selected or no-learning settings dict (reports before a lever existed lack its key)."""
+    return _window_label(settings["rr_reference_beats"], settings.get("rr_previous_share", 0.0),
+                         settings.get("rr_typical_mads", 0.0))
+
+
 def best_reference(folds: list[FoldTerms], data: SelectionData, config: SelectionConfig, learned: bool,
                    references: list[tuple[int, float]]) -> tuple[list[dict], dict]:
     """Every prematurity reference (RR90 window, previous-cycle share, typical-shape bound) with its best
@@ -579,7 +585,7 @@ def _calibration_label(params: dict) -> str:
 
 def selection_markdown(report: dict, plain: dict | None, speed: list[dict] | None) -> str:
     """docs/evaluation/selection.md: what was selected on what, the ablation table, the plain AE study."""
-    sel, rows, nl = report["selected"], {r["name"]: r for r in report["rows"]}, report["no_learning"]
+    sel, rows = report["selected"], {r["name"]: r for r in report["rows"]}
     chosen = rows["selected"]
     base = next(r for r in report["rows"] if r["name"].startswith(NO_LEARNING))
     a = sel["adaptation"]
@@ -603,12 +609,12 @@ def selection_markdown(report: dict, plain: dict | None, speed: list[dict] | Non
         f"- score: {sel['weights']['recon']:g} * z(recon) + {sel['weights']['distance']:g} * z(template distance) + "
         f"{sel['weights']['premature']:g} * max(0, z(prematurity)) + {sel['weights']['pause']:g} * max(0, z(pause)); "
         f"morphology calibrated {_calibration_label(sel)}; prematurity against the "
-        f"{_window_label(sel['rr_reference_beats'], sel.get('rr_previous_share', 0.0), sel.get('rr_typical_mads', 0.0))};",
+        f"{_reference_label(sel)};",
         f"- threshold: the {sel['threshold_percentile']:g}th percentile of held-out normal scores;",
         f"- the no-learning template + RR score, by the same search: {report['no_learning']['weights']['premature']:g}"
         f" * prematurity, {report['no_learning']['weights']['pause']:g} * pause, calibrated "
         f"{_calibration_label(report['no_learning'])}, "
-        f"{_window_label(nl['rr_reference_beats'], nl.get('rr_previous_share', 0.0), nl.get('rr_typical_mads', 0.0))}, "
+        f"{_reference_label(report['no_learning'])}, "
         f"{report['no_learning']['threshold_percentile']:g}th percentile.", "",
         f"Out of fold, the selected detector reaches ROC-AUC {chosen['roc_auc']:.3f} and AP {chosen['ap']:.3f}; "
         f"the no-learning score {base['roc_auc']:.3f} and {base['ap']:.3f}: the autoencoder adds "
