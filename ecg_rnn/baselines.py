@@ -28,7 +28,9 @@ TEMPLATE_RR_WEIGHTS = ScoreWeights(recon=0.0, distance=1.0, premature=0.5, pause
 TEMPLATE_RR_PERCENTILE = 95.0
 TEMPLATE_RR_RECORD_SCALE = "lower_half"
 TEMPLATE_RR_REFERENCE_BEATS = 128
-TEMPLATE_RR_PREVIOUS_SHARE = 0.0
+TEMPLATE_RR_PREVIOUS_SHARE = 1.0
+TEMPLATE_RR_LEAN_MIN_S = 0.67
+TEMPLATE_RR_LEAN_MIN_P_SIMILARITY = 0.3
 TEMPLATE_RR_TYPICAL_MADS = 3.0
 
 
@@ -75,6 +77,8 @@ class TemplateRRBaseline:
                  threshold_percentile: float = TEMPLATE_RR_PERCENTILE, record_scale: str = TEMPLATE_RR_RECORD_SCALE,
                  rr_reference_beats: int = TEMPLATE_RR_REFERENCE_BEATS,
                  rr_previous_share: float = TEMPLATE_RR_PREVIOUS_SHARE,
+                 rr_lean_min_s: float = TEMPLATE_RR_LEAN_MIN_S,
+                 rr_lean_min_p_similarity: float = TEMPLATE_RR_LEAN_MIN_P_SIMILARITY,
                  rr_typical_mads: float = TEMPLATE_RR_TYPICAL_MADS):
         self.weights = weights
         self.calibrate_per_record = calibrate_per_record
@@ -82,13 +86,16 @@ class TemplateRRBaseline:
         self.threshold_percentile = threshold_percentile
         self.rr_reference_beats = rr_reference_beats
         self.rr_previous_share = rr_previous_share
+        self.rr_lean_min_s = rr_lean_min_s
+        self.rr_lean_min_p_similarity = rr_lean_min_p_similarity
         self.rr_typical_mads = rr_typical_mads
 
     def _raw(self, population: Beats) -> dict[str, np.ndarray]:
         distance = template_distances(population)
         reference = rr_reference(population, window_beats=self.rr_reference_beats,
                                  previous_share=self.rr_previous_share, typical_mads=self.rr_typical_mads,
-                                 distance=distance)
+                                 distance=distance, lean_min_rr_s=self.rr_lean_min_s,
+                                 lean_min_p_similarity=self.rr_lean_min_p_similarity)
         premature, pause = rhythm_terms(population.rr, reference)
         return {"recon": np.zeros(len(population)), "distance": distance, "premature": premature, "pause": pause}
 

@@ -11,14 +11,17 @@ Score of a beat (higher = more abnormal), every term a robust z-score, z(x) = (x
   autoencoder is first fine-tuned on the recording's own typical beats, without labels;
 - template distance: the beat's mean squared difference from the record's template beat;
 - prematurity = -log(rr_prev / reference), reference = RR90^(1 - s) * RR_before^s with s =
-  `rr_previous_share`: RR90 = the 90th percentile of the RR intervals of the `rr_reference_beats` beats
+  `rr_previous_share` in a steady slow stretch of sinus rhythm (the beat's cycle at least `rr_lean_min_s`
+  long and within 15 % of the cycle before, its P wave correlating at least `rr_lean_min_p_similarity`
+  with that of the record's slowest cycles; 0 and -1: every beat), else 0: RR90 = the 90th percentile of the RR intervals of the `rr_reference_beats` beats
   of the record around the beat (its slow, undisturbed cycles of the last few minutes: robust to
   frequent ectopy, where a local median is not, and following heart-rate changes, which one RR90 for
   the whole record does not), only those between two beats of the record's usual shape (within
   `rr_typical_mads` robust SDs of its median template distance: frequent ventricular beats'
   compensatory pauses would otherwise set RR90 and make every sinus cycle look premature);
   RR_before = the cycle just before the beat's own (an ectopic beat is early against it too; after a
-  sudden rate change, a run of 1:1 conduction after block, the beats are not; 0 ships);
+  sudden rate change, a run of 1:1 conduction after block, or in respiratory sinus arrhythmia, the beats
+  are not; the rate bound keeps a fast run of atrial ectopy premature, the P-wave gate a slow one);
 - pause = log(rr_next_ratio): compensatory pause after the beat.
 Rhythm terms only add evidence (clipped at 0): a late beat does not make a deformed beat normal; inside
 atrial fibrillation (`in_af`) they add nothing, since a short RR there is the rhythm, not ectopy.
@@ -60,13 +63,15 @@ from ecg_rnn import __version__
 from ecg_rnn.adapt import AdaptConfig, adapt
 from ecg_rnn.beats import BeatConfig, Beats
 from ecg_rnn.errors import CheckpointError
-from ecg_rnn.features import (DEFAULT_RECORD_SCALE, DEFAULT_RR_PREVIOUS_SHARE, DEFAULT_RR_REFERENCE_BEATS,
-                              DEFAULT_RR_TYPICAL_MADS, MORPHOLOGY_TERMS, MSE_EPS,
+from ecg_rnn.features import (DEFAULT_RECORD_SCALE, DEFAULT_RR_LEAN_MIN_P_SIMILARITY, DEFAULT_RR_LEAN_MIN_S,
+                              DEFAULT_RR_PREVIOUS_SHARE, NO_P_GATE,
+                              DEFAULT_RR_REFERENCE_BEATS, DEFAULT_RR_TYPICAL_MADS, MORPHOLOGY_TERMS, MSE_EPS,
                               RHYTHM_TERMS, TERMS, ScoreWeights, beat_zscore, calibrate, check_record_scale, combine,
                               model_inputs, nearby_maximum, record_population, rhythm_terms, rr_reference,
                               template_distances, zscores)
 from ecg_rnn.model import ModelConfig, RecurrentAutoencoder
 from ecg_rnn.protocols import heldout_mask
+from ecg_rnn.rhythm import pre_qrs_columns
 from ecg_rnn.signal import SignalConfig
 from ecg_rnn.train import (INFERENCE_BATCH, TrainConfig, fit_autoencoder, private_torch_state,
                            resolve_device)
@@ -102,7 +107,7 @@ AfMask = Callable[[Beats], np.ndarray]
 
 PARAMS = ("model", "training", "signal", "beats", "threshold_percentile", "rhythm_weight", "pause_weight",
           "distance_weight", "calibrate_per_record", "record_scale", "adaptation", "rr_reference_beats",
-          "rr_previous_share", "rr_typical_mads", "noise_stratum_probability", "noise_stratum_spread_s")
+          "rr_previous_share", "rr_lean_min_s", "rr_lean_min_p_similarity", "rr_typical_mads", "noise_stratum_probability", "noise_stratum_spread_s")
 
 
 @dataclass
@@ -131,6 +136,8 @@ class RecurrentAEDetector:
                  adaptation: AdaptConfig = DEFAULT_ADAPTATION,
                  rr_reference_beats: int = DEFAULT_RR_REFERENCE_BEATS,
                  rr_previous_share: float = DEFAULT_RR_PREVIOUS_SHARE,
+                 rr_lean_min_s: float = DEFAULT_RR_LEAN_MIN_S,
+                 rr_lean_min_p_similarity: float = DEFAULT_RR_LEAN_MIN_P_SIMILARITY,
                  rr_typical_mads: float = DEFAULT_RR_TYPICAL_MADS,
                  noise_stratum_probability: float = DEFAULT_NOISE_STRATUM_PROBABILITY,
                  noise_stratum_spread_s: float = DEFAULT_NOISE_STRATUM_SPREAD_S):
@@ -148,6 +155,8 @@ class RecurrentAEDetector:
         self.adaptation = adaptation
         self.rr_reference_beats = rr_reference_beats
         self.rr_previous_share = rr_previous_share
+        self.rr_lean_min_s = rr_lean_min_s
+        self.rr_lean_min_p_similarity = rr_lean_min_p_similarity
         self.rr_typical_mads = rr_typical_mads
         self.noise_stratum_probability = noise_stratum_probability
         self.noise_stratum_spread_s = noise_stratum_spread_s
@@ -178,6 +187,11 @@ class RecurrentAEDetector:
             raise ValueError(f"rr_typical_mads must be >= 0 (0: RR90 over every interval), not {self.rr_typical_mads!r}")
         if not 0.0 <= self.rr_previous_share <= 1.0:
             raise ValueError(f"rr_previous_share must be within 0..1 (0: RR90 alone), not {self.rr_previous_share!r}")
+        if not self.rr_lean_min_s >= 0.0:
+            raise ValueError(f"rr_lean_min_s must be >= 0 seconds (0: every beat leans), not {self.rr_lean_min_s!r}")
+        if not NO_P_GATE <= self.rr_lean_min_p_similarity <= 1.0:
+            raise ValueError(f"rr_lean_min_p_similarity must be a correlation within -1..1 (-1: no P-wave gate), "
+                             f"not {self.rr_lean_min_p_similarity!r}")
         if not 0.0 <= self.noise_stratum_probability <= 1.0:
             raise ValueError(f"noise_stratum_probability must be within 0..1 (1: no noisy stratum), "
                              f"not {self.noise_stratum_probability!r}")
@@ -192,7 +206,8 @@ class RecurrentAEDetector:
     def _rr_reference(self, beats: Beats, context: Beats | None = None,
                       distance: np.ndarray | None = None) -> np.ndarray:
         return rr_reference(beats, context, self.rr_reference_beats, self.rr_previous_share, self.rr_typical_mads,
-                            distance)
+                            distance, self.rr_lean_min_s, self.rr_lean_min_p_similarity,
+                            pre_qrs_columns(self.beats.pre_s, self.signal.fs))
 
     @property
     def weights(self) -> ScoreWeights:
@@ -401,6 +416,8 @@ class RecurrentAEDetector:
                                     "record_scale": self.record_scale,
                                     "rr_reference_beats": self.rr_reference_beats,
                                     "rr_previous_share": self.rr_previous_share,
+                                    "rr_lean_min_s": self.rr_lean_min_s,
+                                    "rr_lean_min_p_similarity": self.rr_lean_min_p_similarity,
                                     "rr_typical_mads": self.rr_typical_mads,
                                     "noise_stratum_probability": self.noise_stratum_probability,
                                     "noise_stratum_spread_s": self.noise_stratum_spread_s,
@@ -463,6 +480,8 @@ class RecurrentAEDetector:
                       record_scale=str(det_meta.get("record_scale", "all_beats")),
                       rr_reference_beats=int(det_meta.get("rr_reference_beats", 0)),
                       rr_previous_share=float(det_meta.get("rr_previous_share", 0.0)),
+                      rr_lean_min_s=float(det_meta.get("rr_lean_min_s", 0.0)),
+                      rr_lean_min_p_similarity=float(det_meta.get("rr_lean_min_p_similarity", NO_P_GATE)),
                       rr_typical_mads=float(det_meta.get("rr_typical_mads", 0.0)),
                       noise_stratum_probability=float(det_meta.get("noise_stratum_probability", 1.0)),
                       noise_stratum_spread_s=float(det_meta.get("noise_stratum_spread_s", 0.0)))

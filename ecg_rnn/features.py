@@ -16,7 +16,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ecg_rnn.beats import Beats
+from ecg_rnn.beats import BeatConfig, Beats
+from ecg_rnn.rhythm import pre_qrs_columns
+from ecg_rnn.signal import SignalConfig
 
 REFERENCE_RR_S = 0.8  # the local RR enters the model as log(RR / 0.8 s): 75 bpm maps to 0
 RR_EPS_S = 1e-3  # floor of an RR interval or ratio before taking its log
@@ -30,10 +32,23 @@ RR_REFERENCE_PERCENTILE = 90.0
 # premature; selected by cross-validation on DS1 (docs/evaluation/selection.md)
 DEFAULT_RR_REFERENCE_BEATS = 128
 # how far (geometrically) the prematurity reference leans from RR90 towards the cycle just before the
-# beat's. Leaning spares a sudden rate change (a run of 1:1 conduction after block, AF the rhythm stage
-# missed), whose cycles are short against RR90 but not against each other, and it won DS1's search; but
-# it spares runs of frequent atrial ectopy the same way, so it stays off (docs/evaluation/README.md)
-DEFAULT_RR_PREVIOUS_SHARE = 0.0
+# beat's, and in which beats. Leaning spares a sudden rate change (a run of 1:1 conduction after block,
+# respiratory sinus arrhythmia, AF the rhythm stage missed), whose cycles are short against RR90 but not
+# against each other. Every beat leaning (lean_min_rr_s 0, no P-wave gate) spares runs of atrial ectopy
+# the same way; so only a beat in a steady stretch slower than 1 / lean_min_rr_s leans (its cycle at
+# least that long and within RR_LEAN_TOLERANCE of the one before: an atrial run is mostly faster) whose
+# P wave looks like the record's sinus one (the pre-QRS segment's correlation with that of its slowest
+# cycles at least lean_min_p_similarity: an ectopic atrial focus draws another P wave). Selected on DS1
+# (docs/evaluation/selection.md); the tolerance is a design constant (a breath changes consecutive
+# sinus cycles by less)
+DEFAULT_RR_PREVIOUS_SHARE = 1.0
+DEFAULT_RR_LEAN_MIN_S = 0.67
+DEFAULT_RR_LEAN_MIN_P_SIMILARITY = 0.3
+NO_P_GATE = -1.0  # lean_min_p_similarity that every beat passes (a correlation is at least -1)
+RR_LEAN_TOLERANCE = 0.15
+# where the P wave lies in beats cut by the default configs (the pipeline's rate; callers with other
+# configs pass their own)
+DEFAULT_P_COLUMNS = pre_qrs_columns(BeatConfig().pre_s, SignalConfig().fs)
 # RR90 is taken over normal-to-normal intervals (rr_reference's typical_mads): selected on DS1
 DEFAULT_RR_TYPICAL_MADS = 3.0
 MIN_NN_INTERVALS = 8  # a window with fewer normal-to-normal intervals takes its RR90 from all of them
@@ -108,10 +123,34 @@ def normal_to_normal(distance: np.ndarray, typical_mads: float) -> np.ndarray:
     return typical & np.r_[True, typical[:-1]]
 
 
+def steady_slow_cycles(rr_prev: np.ndarray, before: np.ndarray, lean_min_rr_s: float) -> np.ndarray:
+    """Which cycles may lean to the one before: every cycle when lean_min_rr_s is 0, else those at least
+    lean_min_rr_s long and within RR_LEAN_TOLERANCE of the cycle before."""
+    if lean_min_rr_s <= 0:
+        return np.ones(len(rr_prev), dtype=bool)
+    change = np.abs(np.log(np.maximum(rr_prev, RR_EPS_S) / np.maximum(before, RR_EPS_S)))
+    return (rr_prev >= lean_min_rr_s) & (change < np.log1p(RR_LEAN_TOLERANCE))
+
+
+def p_wave_similarity(waves: np.ndarray, slow: np.ndarray, p_columns: slice) -> np.ndarray:
+    """Correlation of each beat's pre-QRS segment (where its P wave lies; offset removed) with the median
+    segment of the `slow` beats: the record's slowest cycles of its usual shape, its sinus rhythm even
+    where atrial ectopic beats outnumber the sinus ones (all beats when fewer than MIN_NN_INTERVALS)."""
+    segments = waves[:, p_columns].astype(np.float64)
+    segments -= segments.mean(axis=1, keepdims=True)
+    template = np.median(segments[slow] if slow.sum() >= MIN_NN_INTERVALS else segments, axis=0)
+    norms = np.linalg.norm(segments, axis=1) * np.linalg.norm(template)
+    return segments @ template / np.maximum(norms, MIN_SCALE)
+
+
 def rr_reference(beats: Beats, context: Beats | None = None, window_beats: int = DEFAULT_RR_REFERENCE_BEATS,
                  previous_share: float = 0.0, typical_mads: float = 0.0,
-                 distance: np.ndarray | None = None) -> np.ndarray:
-    """The prematurity reference of each beat, in seconds: RR90^(1 - previous_share) * RR_before^previous_share.
+                 distance: np.ndarray | None = None, lean_min_rr_s: float = 0.0,
+                 lean_min_p_similarity: float = NO_P_GATE, p_columns: slice | None = DEFAULT_P_COLUMNS) -> np.ndarray:
+    """The prematurity reference of each beat, in seconds: RR90^(1 - share) * RR_before^share, share =
+    previous_share where steady_slow_cycles(lean_min_rr_s) says the beat may lean and its P wave's
+    similarity to the sinus one (p_wave_similarity; p_columns: where the P wave lies in the beat
+    windows; None: windows too coarse to hold it, no gate) is at least lean_min_p_similarity, else 0.
     RR90: the 90th percentile of the previous-RR intervals of the `window_beats` beats of its record
     around it, in time order (0: of all the record's beats); with typical_mads > 0 only of the intervals
     between beats of the record's usual shape (normal_to_normal: frequent ventricular beats' compensatory
@@ -132,8 +171,13 @@ def rr_reference(beats: Beats, context: Beats | None = None, window_beats: int =
         valid = normal_to_normal(distance[idx], typical_mads) if typical_mads > 0 else None
         rr90 = _windowed_percentile(rr_prev, int(window_beats), valid)
         before = np.r_[rr_prev[:1], rr_prev[:-1]]
-        reference[idx] = np.exp((1.0 - previous_share) * np.log(np.maximum(rr90, RR_EPS_S))
-                                + previous_share * np.log(np.maximum(before, RR_EPS_S)))
+        lean = steady_slow_cycles(rr_prev, before, lean_min_rr_s)
+        if previous_share > 0 and lean_min_p_similarity > NO_P_GATE and p_columns is not None:
+            slow = (rr_prev >= rr90) & (valid if valid is not None else True)
+            lean &= p_wave_similarity(population.waves[idx], slow, p_columns) >= lean_min_p_similarity
+        share = np.where(lean, previous_share, 0.0)
+        reference[idx] = np.exp((1.0 - share) * np.log(np.maximum(rr90, RR_EPS_S))
+                                + share * np.log(np.maximum(before, RR_EPS_S)))
     return reference[rows]
 
 

@@ -9,6 +9,7 @@ import numpy as np
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
 from ecg_rnn.beats import ABNORMAL_CLASSES, Beats
+from ecg_rnn.features import NO_P_GATE, RR_LEAN_TOLERANCE
 from ecg_rnn.metrics import METRIC_KEYS
 
 PLOT_DPI = 110
@@ -83,10 +84,17 @@ def write_plots(run_dir: Path, history: list[dict] | None, scored: dict[str, tup
 
 def _prematurity_reference(d: dict) -> str:
     window, share, typical = d.get("rr_reference_beats", 0), d.get("rr_previous_share", 0.0), d.get("rr_typical_mads", 0.0)
+    lean_min, p_gate = d.get("rr_lean_min_s", 0.0), d.get("rr_lean_min_p_similarity", NO_P_GATE)
     rr90 = f"RR90 of the {window} beats around the beat" if window else "RR90 of the whole record"
     if typical:
         rr90 += f", over intervals between beats of the record's usual shape (within {typical:g} MADs)"
-    return f"{rr90}, leaning {share:g} (geometrically) to the cycle before the beat's" if share else rr90
+    if not share:
+        return rr90
+    where = (f" where the cycles are steady (within {RR_LEAN_TOLERANCE:.0%} of the one before) and at least "
+             f"{lean_min:g} s long" if lean_min else "")
+    if p_gate > NO_P_GATE:
+        where += f", with a P wave like the sinus one (correlation >= {p_gate:g})"
+    return f"{rr90}, leaning {share:g} (geometrically) to the cycle before the beat's{where}"
 
 
 def _calibration_text(d: dict) -> str:

@@ -49,7 +49,7 @@ from ecg_rnn.detector import AfMask, RecurrentAEDetector
 from ecg_rnn.experiments import AF_MASKS, detected_af_mask, reference_af_mask
 from ecg_rnn.features import (DEFAULT_RECORD_SCALE, MORPHOLOGY_TERMS, RECORD_SCALE_LABELS, RECORD_SCALES,
                               RHYTHM_TERMS, ScoreWeights, beat_keys, calibrate, combine, record_population,
-                              rhythm_terms, rr_reference, zscores)
+                              NO_P_GATE, RR_LEAN_TOLERANCE, rhythm_terms, rr_reference, zscores)
 from ecg_rnn.metrics import evaluate_detector
 from ecg_rnn.model import ModelConfig, RecurrentAutoencoder
 from ecg_rnn.protocols import DS1, build_beat_set, heldout_mask, locate_mitdb
@@ -104,8 +104,14 @@ class SelectionConfig:
     pause_weights: tuple[float, ...] = (0.0, 0.1, 0.3, 0.6)
     percentiles: tuple[float, ...] = (90.0, 92.5, 95.0, 96.0, 97.0, 98.0, 99.0)
     rr_reference_windows: tuple[int, ...] = (0, 64, 128, 256, 512)  # beats; 0: RR90 of the whole record
-    # the selected reference leaning this far to the cycle before the beat's: ablation rows, not searched
+    # the selected reference leaning this far to the cycle before the beat's, every beat: ablation rows,
+    # not searched (docs/evaluation/README.md)
     rr_previous_shares: tuple[float, ...] = (0.25, 0.5, 0.75)
+    # ...and only in steady stretches slower than 1 / this (features.steady_slow_cycles) whose P wave
+    # correlates at least this well with the sinus one (features.p_wave_similarity): searched
+    rr_lean_min_s: tuple[float, ...] = (0.6, 0.67, 0.75)
+    rr_lean_min_p_similarity: tuple[float, ...] = (0.3, 0.5, 0.7)
+    rr_lean_shares: tuple[float, ...] = (0.5, 1.0)
     rr_typical_mads: tuple[float, ...] = (3.0, 6.0)  # RR90 over normal-to-normal intervals (0: every interval)
     af_masks: tuple[str, ...] = AF_MASKS  # the first is what scoring uses (selected with); the others: ablation
 
@@ -281,16 +287,19 @@ def refresh_af_masks(terms: dict[tuple[int, int], FoldTerms], data: SelectionDat
         set_af_masks(t, held, test, masks)
 
 
-def with_rr_reference(folds: list[FoldTerms], data: SelectionData, window: int,
-                      previous_share: float = 0.0, typical_mads: float = 0.0) -> list[FoldTerms]:
+def with_rr_reference(folds: list[FoldTerms], data: SelectionData, window: int, previous_share: float = 0.0,
+                      typical_mads: float = 0.0, lean_min_rr_s: float = 0.0,
+                      lean_min_p_similarity: float = NO_P_GATE) -> list[FoldTerms]:
     """The fold terms with the prematurity term against the reference of features.rr_reference (the local
-    RR90 of `window` beats leaning `previous_share` to the cycle before; stored terms hold the whole
-    record's RR90 alone). Prematurity depends on the beats alone, not on the model."""
+    RR90 of `window` beats leaning `previous_share` to the cycle before where the cycles are steady, at
+    least lean_min_rr_s long and of a sinus-like P wave; stored terms hold the whole record's RR90 alone).
+    Prematurity depends on the beats alone, not on the model."""
     if window == 0 and previous_share == 0.0 and typical_mads == 0.0:
         return folds
     beats = data.beats
     premature = rhythm_terms(beats.rr, rr_reference(beats, window_beats=window, previous_share=previous_share,
-                                                    typical_mads=typical_mads))[0]
+                                                    typical_mads=typical_mads, lean_min_rr_s=lean_min_rr_s,
+                                                    lean_min_p_similarity=lean_min_p_similarity))[0]
     out = []
     for t in folds:
         test, held = np.isin(beats.record, np.unique(t.test_record)), np.isin(beats.record, np.unique(t.held_record))
@@ -442,46 +451,65 @@ def _adapt_label(a: AdaptConfig) -> str:
     return "off" if a.steps == 0 else f"{a.steps} steps, lr {a.lr:g}"
 
 
-def _window_label(window: int, previous_share: float = 0.0, typical_mads: float = 0.0) -> str:
+def _window_label(window: int, previous_share: float = 0.0, typical_mads: float = 0.0,
+                  lean_min_rr_s: float = 0.0, lean_min_p_similarity: float = NO_P_GATE) -> str:
     rr90 = "RR90 of the whole record" if window == 0 else f"RR90 over {window} beats"
     if typical_mads:
         rr90 += f" of normal-to-normal intervals (beats within {typical_mads:g} MADs)"
-    return rr90 if previous_share == 0.0 else f"{rr90}, leaning {previous_share:g} to the cycle before"
+    if previous_share == 0.0:
+        return rr90
+    where = (f" in steady stretches under {60 / lean_min_rr_s:.0f} bpm (cycles >= {lean_min_rr_s:g} s within "
+             f"{RR_LEAN_TOLERANCE:.0%} of the one before)" if lean_min_rr_s > 0 else "")
+    if lean_min_p_similarity > NO_P_GATE:
+        where += f" of a sinus P wave (correlation >= {lean_min_p_similarity:g})"
+    return f"{rr90}, leaning {previous_share:g} to the cycle before{where}"
 
 
 def _reference_label(settings: dict) -> str:
     """_window_label of a selected or no-learning settings dict (reports before a lever existed lack its key)."""
     return _window_label(settings["rr_reference_beats"], settings.get("rr_previous_share", 0.0),
-                         settings.get("rr_typical_mads", 0.0))
+                         settings.get("rr_typical_mads", 0.0), settings.get("rr_lean_min_s", 0.0),
+                         settings.get("rr_lean_min_p_similarity", NO_P_GATE))
 
 
 def best_reference(folds: list[FoldTerms], data: SelectionData, config: SelectionConfig, learned: bool,
-                   references: list[tuple[int, float]]) -> tuple[list[dict], dict]:
-    """Every prematurity reference (RR90 window, previous-cycle share, typical-shape bound) with its best
-    weights and calibration, and the best of them by pooled AP."""
+                   references: list[tuple[int, float, float, float, float]]) -> tuple[list[dict], dict]:
+    """Every prematurity reference (RR90 window, previous-cycle share, typical-shape bound, steady-lean
+    cycle bound, P-wave gate) with its best weights and calibration, and the best of them by pooled AP."""
     found = []
-    for window, share, typical in references:
-        with_reference = with_rr_reference(folds, data, window, share, typical)
+    for window, share, typical, lean_min, p_gate in references:
+        with_reference = with_rr_reference(folds, data, window, share, typical, lean_min, p_gate)
         ap, weights, calibration = best_weights(with_reference, config, learned)
-        found.append({"window": window, "share": share, "typical": typical, "folds": with_reference, "ap": ap,
-                      "weights": weights, "calibration": calibration})
+        found.append({"window": window, "share": share, "typical": typical, "lean_min": lean_min, "p_gate": p_gate,
+                      "folds": with_reference, "ap": ap, "weights": weights, "calibration": calibration})
     return found, max(found, key=lambda f: f["ap"])
 
 
 def best_rr_reference(folds: list[FoldTerms], data: SelectionData, config: SelectionConfig,
                       learned: bool) -> tuple[list[dict], dict]:
     """The RR90 window with its best weights, then for that window RR90 over normal-to-normal intervals
-    (config.rr_typical_mads): every setting tried and the pick. The winner's reference leaning to the
-    cycle before the beat's (config.rr_previous_shares) is measured too, as ablation rows, but not
-    eligible (docs/evaluation/README.md: it drops frequent atrial ectopy as a rate change)."""
+    (config.rr_typical_mads), then that reference leaning to the cycle before in steady slow stretches of
+    sinus rhythm (config.rr_lean_shares x config.rr_lean_min_s x config.rr_lean_min_p_similarity): every
+    setting tried and the pick. Measured too, as ablation rows, but not eligible: the pick without its
+    P-wave gate, and leaning in every beat (config.rr_previous_shares); both spare runs of atrial ectopy
+    as a rate change (docs/evaluation/README.md)."""
     windows, pick = best_reference(folds, data, config, learned,
-                                   [(w, 0.0, 0.0) for w in config.rr_reference_windows])
+                                   [(w, 0.0, 0.0, 0.0, NO_P_GATE) for w in config.rr_reference_windows])
     normal_to_normal = best_reference(folds, data, config, learned,
-                                      [(pick["window"], 0.0, k) for k in config.rr_typical_mads])[0]
+                                      [(pick["window"], 0.0, k, 0.0, NO_P_GATE) for k in config.rr_typical_mads])[0]
     pick = max([pick, *normal_to_normal], key=lambda f: f["ap"])
+    steady = best_reference(folds, data, config, learned,
+                            [(pick["window"], share, pick["typical"], lean_min, p_gate)
+                             for share in config.rr_lean_shares for lean_min in config.rr_lean_min_s
+                             for p_gate in config.rr_lean_min_p_similarity])[0]
     leaning = best_reference(folds, data, config, learned,
-                             [(pick["window"], share, pick["typical"]) for share in config.rr_previous_shares])[0]
-    return windows + normal_to_normal + leaning, pick
+                             [(pick["window"], share, pick["typical"], 0.0, NO_P_GATE)
+                              for share in config.rr_previous_shares])[0]
+    pick = max([pick, *steady], key=lambda f: f["ap"])
+    ungated = (best_reference(folds, data, config, learned,
+                              [(pick["window"], pick["share"], pick["typical"], pick["lean_min"], NO_P_GATE)])[0]
+               if pick["p_gate"] > NO_P_GATE else [])
+    return windows + normal_to_normal + steady + ungated + leaning, pick
 
 
 def selection_report(config: SelectionConfig, terms: dict[int, dict[tuple[int, int], FoldTerms]],
@@ -517,8 +545,8 @@ def selection_report(config: SelectionConfig, terms: dict[int, dict[tuple[int, i
                      f"{_adapt_label(config.adaptations[f['adaptation']])} (its best weights, "
                      f"{_window_label(0)})")
             rows.append(row(label, fold_list(f["candidate"], f["adaptation"]), f["weights"], f["calibration"]))
-    rows += [row(f"{_window_label(f['window'], f['share'], f['typical'])} (its best weights)", f["folds"], f["weights"],
-                 f["calibration"]) for f in windows if f is not pick]
+    rows += [row(f"{_window_label(f['window'], f['share'], f['typical'], f['lean_min'], f['p_gate'])} "
+                 "(its best weights)", f["folds"], f["weights"], f["calibration"]) for f in windows if f is not pick]
     rows += [row(f"morphology calibrated {CALIBRATION_LABELS[c]}", chosen, w, c) for c in CALIBRATIONS if c != calib]
     rows += [row("template distance weight 0", chosen, dataclasses.replace(w, distance=0.0), calib),
              row("rhythm terms off", chosen, dataclasses.replace(w, premature=0.0, pause=0.0), calib),
@@ -528,7 +556,8 @@ def selection_report(config: SelectionConfig, terms: dict[int, dict[tuple[int, i
     rows += [row(f"{NO_LEARNING} (its best weights)", base_folds, base_w, base_calib, pct=base_pct),
              *(row(f"{NO_LEARNING}, morphology calibrated {CALIBRATION_LABELS[c]}", base_folds, base_w, c,
                    pct=base_pct) for c in CALIBRATIONS if c != base_calib)]
-    rows += [row(f"{NO_LEARNING}, {_window_label(f['window'], f['share'], f['typical'])} (its best weights)",
+    rows += [row(f"{NO_LEARNING}, {_window_label(f['window'], f['share'], f['typical'], f['lean_min'], f['p_gate'])} "
+                 "(its best weights)",
                  f["folds"], f["weights"],
                  f["calibration"], pct=base_pct) for f in base_windows if f is not base_pick]
     rows += [row(f"{NO_LEARNING}, AF mask: {kind}", base_folds, base_w, base_calib, pct=base_pct, mask=kind)
@@ -542,24 +571,29 @@ def selection_report(config: SelectionConfig, terms: dict[int, dict[tuple[int, i
                      f"stays within {PROMISE_BAND[0]:g}-{PROMISE_BAND[1]:g} x the promised "
                      f"{100 - DEFAULT_PERCENTILE:g} %, first for every model and adaptation with the whole "
                      f"record's RR90, then for the winner's RR90 window, then whether that RR90 is taken over "
-                     f"normal-to-normal intervals only (weights searched again for each); "
+                     f"normal-to-normal intervals only, then whether that reference leans to the cycle before in "
+                     f"steady slow stretches of sinus rhythm (weights searched again for each); "
                      f"threshold percentile: the lowest whose pooled specificity is >= {MIN_SPECIFICITY}",
         "selected": {"candidate": candidate.name, "model_config": candidate.model.to_dict(),
                      "other_lead_training": candidate.other_lead_training,
                      "adaptation": config.adaptations[best["adaptation"]].to_dict(),
                      "weights": dataclasses.asdict(w), **calibration_params(calib),
                      "rr_reference_beats": pick["window"], "rr_previous_share": pick["share"],
+                     "rr_lean_min_s": pick["lean_min"], "rr_lean_min_p_similarity": pick["p_gate"],
                      "rr_typical_mads": pick["typical"],
                      "threshold_percentile": percentile, "af_mask": af},
         "no_learning": {"weights": dataclasses.asdict(base_w), **calibration_params(base_calib),
                         "rr_reference_beats": base_pick["window"], "rr_previous_share": base_pick["share"],
+                        "rr_lean_min_s": base_pick["lean_min"], "rr_lean_min_p_similarity": base_pick["p_gate"],
                         "rr_typical_mads": base_pick["typical"],
                         "threshold_percentile": base_pct},
         "grid": {"candidates": [c.name for c in config.candidates],
                  "adaptations": [a.to_dict() for a in config.adaptations],
                  "distance_weights": config.distance_weights, "rhythm_weights": config.rhythm_weights,
                  "pause_weights": config.pause_weights, "rr_reference_windows": config.rr_reference_windows,
-                 "rr_previous_shares": config.rr_previous_shares, "rr_typical_mads": config.rr_typical_mads,
+                 "rr_previous_shares": config.rr_previous_shares, "rr_lean_min_s": config.rr_lean_min_s,
+                 "rr_lean_shares": config.rr_lean_shares, "rr_lean_min_p_similarity": config.rr_lean_min_p_similarity,
+                 "rr_typical_mads": config.rr_typical_mads,
                  "percentiles": config.percentiles},
         "rows": rows,
     }

@@ -278,6 +278,8 @@ def test_a_checkpoint_saved_before_record_scale_keeps_its_scale(det, beats208, t
         settings.pop("record_scale")
         settings.pop("rr_reference_beats")
         settings.pop("rr_previous_share")
+        settings.pop("rr_lean_min_s")
+        settings.pop("rr_lean_min_p_similarity")
         settings.pop("rr_typical_mads")
         settings.pop("noise_stratum_probability")
         settings.pop("noise_stratum_spread_s")
@@ -290,12 +292,14 @@ def test_a_checkpoint_saved_before_record_scale_keeps_its_scale(det, beats208, t
     old = RecurrentAEDetector.load(saved_with(None, "old.safetensors"))
     assert old.record_scale == "all_beats" != det.record_scale
     assert old.rr_reference_beats == 0 != det.rr_reference_beats
-    assert old.rr_previous_share == 0.0
+    assert old.rr_previous_share == 0.0 != det.rr_previous_share
+    assert old.rr_lean_min_s == 0.0 != det.rr_lean_min_s
+    assert old.rr_lean_min_p_similarity == -1.0 != det.rr_lean_min_p_similarity
     assert old.rr_typical_mads == 0.0 != det.rr_typical_mads
     assert old.noise_stratum_probability == 1.0 != det.noise_stratum_probability
     assert old.noise_stratum_spread_s == 0.0 != det.noise_stratum_spread_s
     twin = copy.copy(det).set_params(record_scale="all_beats", rr_reference_beats=0, rr_previous_share=0.0,
-                                     rr_typical_mads=0.0, noise_stratum_probability=1.0, noise_stratum_spread_s=0.0)
+                                     rr_lean_min_s=0.0, rr_lean_min_p_similarity=-1.0, rr_typical_mads=0.0, noise_stratum_probability=1.0, noise_stratum_spread_s=0.0)
     np.testing.assert_allclose(old.score_samples(beats208), twin.score_samples(beats208), atol=1e-6)
     with pytest.raises(CheckpointError, match="record_scale"):
         RecurrentAEDetector.load(saved_with("upper_half", "bad.safetensors"))
@@ -310,6 +314,10 @@ def test_an_unknown_record_scale_is_refused_before_training(beats208):
         RecurrentAEDetector(rr_typical_mads=-1.0).fit(beats208)
     with pytest.raises(ValueError, match="rr_previous_share must be"):
         RecurrentAEDetector(rr_previous_share=-0.5).fit(beats208)
+    with pytest.raises(ValueError, match="rr_lean_min_s must be"):
+        RecurrentAEDetector(rr_lean_min_s=-0.1).fit(beats208)
+    with pytest.raises(ValueError, match="rr_lean_min_p_similarity must be"):
+        RecurrentAEDetector(rr_lean_min_p_similarity=1.5).fit(beats208)
     with pytest.raises(ValueError, match="noise_stratum_probability must be"):
         RecurrentAEDetector(noise_stratum_probability=1.5).fit(beats208)
     with pytest.raises(ValueError, match="noise_stratum_spread_s must be"):

@@ -1,11 +1,14 @@
 """Score calibration and combination (no learning): per-record z-scores, short records, AF, populations."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 from ecg_rnn.beats import Beats
-from ecg_rnn.features import (RECORD_PRIOR_BEATS, ScoreWeights, combine, nearby_maximum, normal_to_normal,
-                              record_population, rhythm_terms, rr_reference, template_distances, zscores)
+from ecg_rnn.features import (RECORD_PRIOR_BEATS, RR_LEAN_TOLERANCE, ScoreWeights, combine, nearby_maximum,
+                              normal_to_normal, p_wave_similarity, record_population, rhythm_terms, rr_reference,
+                              template_distances, zscores)
 
 CALIBRATION = {"recon": [0.0, 1.0], "distance": [0.0, 1.0], "premature": [0.1, 0.1], "pause": [0.0, 0.05]}
 
@@ -123,6 +126,59 @@ def test_leaning_to_the_cycle_before_spares_a_rate_change_but_not_an_ectopic_bea
     assert leant[ectopic] == alone[ectopic] and np.all(leant[fast] < leant[ectopic])
     part = beats.subset(np.arange(100, 200))  # scored alone, with the record as context: the same
     np.testing.assert_allclose(rr_reference(part, beats, window_beats=128, previous_share=0.5), leaning[100:200])
+
+
+def test_only_steady_slow_cycles_lean_so_sinus_arrhythmia_is_spared_and_atrial_runs_are_not():
+    """Respiratory sinus arrhythmia (cycles swinging 0.85-1.15 s, under 12 % from one to the next), a jump
+    from 2:1 block (1.6 s) to 1:1 conduction (0.8 s), a run of five atrial beats at 0.45 s and one beat
+    40 % early. With the lean limited to steady cycles of at least 0.67 s, the arrhythmia's short cycles
+    and the 1:1 beats after the first lose their prematurity; the jump's first beat, the atrial run (fast)
+    and the early beat (unsteady) keep all of theirs."""
+    swing = 1.0 + 0.15 * np.sin(2 * np.pi * np.arange(160) / 8)
+    rr = np.r_[swing, np.full(40, 1.6), np.full(40, 0.8), np.full(40, 1.0), np.full(5, 0.45), np.full(40, 1.0),
+               [0.6, 1.4], np.full(40, 1.0)]
+    beats = _rhythm_beats(["r"] * len(rr), rr)
+    alone = rhythm_terms(beats.rr, rr_reference(beats, window_beats=128))[0]
+    gated = rhythm_terms(beats.rr, rr_reference(beats, window_beats=128, previous_share=1.0, lean_min_rr_s=0.67))[0]
+    arrhythmia, first_1to1, later_1to1 = np.arange(1, 160), 200, np.arange(201, 240)
+    atrial, early = np.arange(280, 285), 325
+    assert np.max(alone[arrhythmia]) > 0.25 and np.all(np.abs(gated[arrhythmia]) < np.log1p(RR_LEAN_TOLERANCE))
+    assert np.all(alone[later_1to1] > 0.5) and np.all(gated[later_1to1] == 0.0)
+    kept = np.r_[first_1to1, atrial, early]
+    assert np.all(alone[kept] > 0.4)
+    np.testing.assert_array_equal(gated[kept], alone[kept])
+    everywhere = rhythm_terms(beats.rr, rr_reference(beats, window_beats=128, previous_share=1.0))[0]
+    assert np.all(everywhere[atrial[1:]] == 0.0)  # leaning in every beat would spare the run
+
+
+def test_the_p_wave_gate_keeps_a_slow_atrial_run_premature_and_still_spares_sinus_arrhythmia():
+    """A slow run of atrial ectopy (0.8 s cycles, steady, after sinus rhythm at 1.0 s) whose P wave is
+    inverted, and later respiratory sinus arrhythmia with the sinus P wave. Leaning in steady slow
+    cycles alone spares the run as a rate change; with the P-wave gate its beats keep their prematurity,
+    while the arrhythmia's short cycles are still spared."""
+    swing = 1.0 + 0.15 * np.sin(2 * np.pi * np.arange(160) / 8)
+    rr = np.r_[np.full(80, 1.0), np.full(20, 0.8), np.full(60, 1.0), swing]
+    atrial = np.zeros(len(rr), dtype=bool)
+    atrial[80:100] = True
+    p_wave = np.sin(np.linspace(0.0, np.pi, 6))  # a positive bump before the QRS
+    noise = np.random.default_rng(0).normal(0.0, 0.05, (len(rr), 6))
+    beats = _rhythm_beats(["r"] * len(rr), rr)
+    beats = dataclasses.replace(beats, waves=np.hstack([np.where(atrial[:, None], -p_wave, p_wave) + noise,
+                                                        np.zeros((len(rr), 4))]).astype(np.float32))
+    columns, sinus_arrhythmia, run = slice(0, 6), np.arange(161, 320), np.arange(81, 100)
+    similarity = p_wave_similarity(beats.waves, ~atrial, columns)
+    assert np.all(similarity[~atrial] > 0.8) and np.all(similarity[atrial] < -0.8)
+
+    def prematurity(**lean):
+        return rhythm_terms(beats.rr, rr_reference(beats, window_beats=128, p_columns=columns, **lean))[0]
+
+    alone = prematurity()
+    ungated = prematurity(previous_share=1.0, lean_min_rr_s=0.67)
+    gated = prematurity(previous_share=1.0, lean_min_rr_s=0.67, lean_min_p_similarity=0.5)
+    assert np.all(alone[run] > 0.2) and np.all(ungated[run] == 0.0)
+    np.testing.assert_array_equal(gated[run], alone[run])
+    assert np.max(alone[sinus_arrhythmia]) > 0.25
+    assert np.all(np.abs(gated[sinus_arrhythmia]) < np.log1p(RR_LEAN_TOLERANCE))
 
 
 def test_rr90_over_normal_to_normal_intervals_ignores_compensatory_pauses():

@@ -13,8 +13,9 @@ from ecg_rnn.baselines import TEMPLATE_RR_PERCENTILE, TEMPLATE_RR_WEIGHTS, Templ
 from ecg_rnn.detector import (DEFAULT_ADAPTATION, DEFAULT_DISTANCE_WEIGHT, DEFAULT_MODEL_CONFIG,
                               DEFAULT_PAUSE_WEIGHT, DEFAULT_RHYTHM_WEIGHT, DEFAULT_THRESHOLD_PERCENTILE,
                               DEFAULT_CALIBRATE_PER_RECORD, DEFAULT_NOISE_STRATUM_PROBABILITY,
-                              DEFAULT_NOISE_STRATUM_SPREAD_S, DEFAULT_RECORD_SCALE, DEFAULT_RR_PREVIOUS_SHARE,
-                              DEFAULT_RR_REFERENCE_BEATS, DEFAULT_RR_TYPICAL_MADS)
+                              DEFAULT_NOISE_STRATUM_SPREAD_S, DEFAULT_RECORD_SCALE, DEFAULT_RR_LEAN_MIN_P_SIMILARITY,
+                              DEFAULT_RR_LEAN_MIN_S, DEFAULT_RR_PREVIOUS_SHARE, DEFAULT_RR_REFERENCE_BEATS,
+                              DEFAULT_RR_TYPICAL_MADS)
 from ecg_rnn.model import ModelConfig
 from ecg_rnn.protocols import DS1, build_beat_set
 from ecg_rnn.selection import (Candidate, SelectionData, af_masks, fold_detector, fold_terms, load_terms,
@@ -59,7 +60,7 @@ def test_fold_terms_rebuild_the_detectors_scores(data, tmp_path):
     refresh_af_masks({(0, 0): terms}, data)  # `selection masks` after a rhythm-stage change
     assert stored.keys() == terms.af.keys() and all(np.array_equal(terms.af[k], v) for k, v in stored.items())
     det.set_params(adaptation=adaptation, distance_weight=0.5, rhythm_weight=1.0, rr_reference_beats=100,
-                   rr_previous_share=0.25, rr_typical_mads=3.0)
+                   rr_previous_share=0.5, rr_lean_min_s=0.6, rr_lean_min_p_similarity=0.3, rr_typical_mads=3.0)
     context = data.beats.subset(np.isin(data.beats.record, train_records))
     held = np.isin(context.record, det.training_data_["heldout_records"])
     normal = context.aami == "N"
@@ -69,7 +70,7 @@ def test_fold_terms_rebuild_the_detectors_scores(data, tmp_path):
     whole_record, _ = score_fold(terms, det.weights, det.record_scale, det.threshold_percentile, "detected")
     assert not np.allclose(whole_record, expected, atol=1e-3)  # stored terms hold the whole record's RR90...
     terms = with_rr_reference([terms], data, det.rr_reference_beats, det.rr_previous_share,
-                              det.rr_typical_mads)[0]  # ...the search swaps in its own
+                              det.rr_typical_mads, det.rr_lean_min_s, det.rr_lean_min_p_similarity)[0]  # ...the search swaps in its own
     scores, threshold = score_fold(terms, det.weights, det.record_scale, det.threshold_percentile, "detected")
     np.testing.assert_allclose(scores, expected, rtol=1e-4, atol=1e-4)  # fold terms are stored as float32
     assert threshold == pytest.approx(det.threshold_, abs=1e-3)
@@ -88,6 +89,8 @@ def test_the_shipped_defaults_are_what_selection_chose():
     assert selected["record_scale"] == DEFAULT_RECORD_SCALE
     assert selected["rr_reference_beats"] == DEFAULT_RR_REFERENCE_BEATS
     assert selected["rr_previous_share"] == DEFAULT_RR_PREVIOUS_SHARE
+    assert selected["rr_lean_min_s"] == DEFAULT_RR_LEAN_MIN_S
+    assert selected["rr_lean_min_p_similarity"] == DEFAULT_RR_LEAN_MIN_P_SIMILARITY
     assert selected["rr_typical_mads"] == DEFAULT_RR_TYPICAL_MADS
     assert selected["threshold_percentile"] == DEFAULT_THRESHOLD_PERCENTILE
     no_learning = json.loads((REPO / "docs" / "evaluation" / "selection.json").read_text())["no_learning"]
@@ -96,6 +99,8 @@ def test_the_shipped_defaults_are_what_selection_chose():
     assert no_learning["record_scale"] == TemplateRRBaseline().record_scale
     assert no_learning["rr_reference_beats"] == TemplateRRBaseline().rr_reference_beats
     assert no_learning["rr_previous_share"] == TemplateRRBaseline().rr_previous_share
+    assert no_learning["rr_lean_min_s"] == TemplateRRBaseline().rr_lean_min_s
+    assert no_learning["rr_lean_min_p_similarity"] == TemplateRRBaseline().rr_lean_min_p_similarity
     assert no_learning["rr_typical_mads"] == TemplateRRBaseline().rr_typical_mads
     assert no_learning["threshold_percentile"] == TEMPLATE_RR_PERCENTILE
     noise = json.loads((REPO / "docs" / "evaluation" / "noise" / "selection.json").read_text())
