@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 
 from ecg_rnn.beats import Beats
-from ecg_rnn.features import (MORPHOLOGY_TERMS, RHYTHM_TERMS, ScoreWeights, beat_zscore, calibrate, combine,
-                              record_population, rhythm_terms, rr_reference, template_distances, zscores)
+from ecg_rnn.features import (MORPHOLOGY_TERMS, NO_P_GATE, RHYTHM_TERMS, ScoreWeights, beat_zscore, calibrate,
+                              combine, record_population, rhythm_terms, rr_reference, template_distances, zscores)
 from ecg_rnn.model import ModelConfig
 from ecg_rnn.protocols import heldout_mask
 
@@ -28,9 +28,9 @@ TEMPLATE_RR_WEIGHTS = ScoreWeights(recon=0.0, distance=1.0, premature=0.5, pause
 TEMPLATE_RR_PERCENTILE = 95.0
 TEMPLATE_RR_RECORD_SCALE = "lower_half"
 TEMPLATE_RR_REFERENCE_BEATS = 128
-TEMPLATE_RR_PREVIOUS_SHARE = 1.0
-TEMPLATE_RR_LEAN_MIN_S = 0.67
-TEMPLATE_RR_LEAN_MIN_P_SIMILARITY = 0.3
+TEMPLATE_RR_PREVIOUS_SHARE = 0.0
+TEMPLATE_RR_LEAN_MIN_S = 0.0
+TEMPLATE_RR_LEAN_MIN_P_SIMILARITY = NO_P_GATE
 TEMPLATE_RR_TYPICAL_MADS = 3.0
 
 

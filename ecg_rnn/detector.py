@@ -13,15 +13,16 @@ Score of a beat (higher = more abnormal), every term a robust z-score, z(x) = (x
 - prematurity = -log(rr_prev / reference), reference = RR90^(1 - s) * RR_before^s with s =
   `rr_previous_share` in a steady slow stretch of sinus rhythm (the beat's cycle at least `rr_lean_min_s`
   long and within 15 % of the cycle before, its P wave correlating at least `rr_lean_min_p_similarity`
-  with that of the record's slowest cycles; 0 and -1: every beat), else 0: RR90 = the 90th percentile of the RR intervals of the `rr_reference_beats` beats
-  of the record around the beat (its slow, undisturbed cycles of the last few minutes: robust to
-  frequent ectopy, where a local median is not, and following heart-rate changes, which one RR90 for
-  the whole record does not), only those between two beats of the record's usual shape (within
-  `rr_typical_mads` robust SDs of its median template distance: frequent ventricular beats'
-  compensatory pauses would otherwise set RR90 and make every sinus cycle look premature);
-  RR_before = the cycle just before the beat's own (an ectopic beat is early against it too; after a
-  sudden rate change, a run of 1:1 conduction after block, or in respiratory sinus arrhythmia, the beats
-  are not; the rate bound keeps a fast run of atrial ectopy premature, the P-wave gate a slow one);
+  with that of the record's slowest cycles; 0 and -1: every beat), else 0. RR90 = the 90th percentile
+  of the RR intervals of the `rr_reference_beats` beats of the record around the beat (its slow,
+  undisturbed cycles of the last few minutes: robust to frequent ectopy, where a local median is not,
+  and following heart-rate changes, which one RR90 for the whole record does not), only those between
+  two beats of the record's usual shape (within `rr_typical_mads` robust SDs of its median template
+  distance: frequent ventricular beats' compensatory pauses would otherwise set RR90 and make every
+  sinus cycle look premature); RR_before = the cycle just before the beat's own (an ectopic beat is
+  early against it too; after a sudden rate change, a run of 1:1 conduction after block, or in
+  respiratory sinus arrhythmia, the beats are not). Nothing leans by default (s = 0): leaning, even
+  gated, also spared slow runs of atrial ectopy on DS2 (docs/evaluation/README.md);
 - pause = log(rr_next_ratio): compensatory pause after the beat.
 Rhythm terms only add evidence (clipped at 0): a late beat does not make a deformed beat normal; inside
 atrial fibrillation (`in_af`) they add nothing, since a short RR there is the rhythm, not ectopy.

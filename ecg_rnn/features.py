@@ -35,16 +35,15 @@ DEFAULT_RR_REFERENCE_BEATS = 128
 # beat's, and in which beats. Leaning spares a sudden rate change (a run of 1:1 conduction after block,
 # respiratory sinus arrhythmia, AF the rhythm stage missed), whose cycles are short against RR90 but not
 # against each other. Every beat leaning (lean_min_rr_s 0, no P-wave gate) spares runs of atrial ectopy
-# the same way; so only a beat in a steady stretch slower than 1 / lean_min_rr_s leans (its cycle at
-# least that long and within RR_LEAN_TOLERANCE of the one before: an atrial run is mostly faster) whose
-# P wave looks like the record's sinus one (the pre-QRS segment's correlation with that of its slowest
-# cycles at least lean_min_p_similarity: an ectopic atrial focus draws another P wave). Selected on DS1
-# (docs/evaluation/selection.md); the tolerance is a design constant (a breath changes consecutive
-# sinus cycles by less)
-DEFAULT_RR_PREVIOUS_SHARE = 1.0
-DEFAULT_RR_LEAN_MIN_S = 0.67
-DEFAULT_RR_LEAN_MIN_P_SIMILARITY = 0.3
+# the same way; leaning only in steady stretches slower than 1 / lean_min_rr_s (the cycle at least that
+# long and within RR_LEAN_TOLERANCE of the one before) where the P wave looks like the record's sinus one
+# (correlation with that of its slowest cycles at least lean_min_p_similarity) spares fewer. DS1 chose
+# the latter; DS2 then lost S beats in slow runs of atrial ectopy (232) and ranked worse, so nothing
+# leans (docs/evaluation/README.md)
+DEFAULT_RR_PREVIOUS_SHARE = 0.0
+DEFAULT_RR_LEAN_MIN_S = 0.0
 NO_P_GATE = -1.0  # lean_min_p_similarity that every beat passes (a correlation is at least -1)
+DEFAULT_RR_LEAN_MIN_P_SIMILARITY = NO_P_GATE
 RR_LEAN_TOLERANCE = 0.15
 # where the P wave lies in beats cut by the default configs (the pipeline's rate; callers with other
 # configs pass their own)

@@ -14,8 +14,8 @@ threshold's promise on the other lead (a recording unlike the training data: at 
 wins. Then, for that model, the window of the local RR90 (the prematurity term's reference), then
 whether that RR90 is taken over normal-to-normal intervals only, with the weights and calibration
 searched again for each (stored terms hold the whole-record RR90; the others are computed from the
-beats, which needs no model); a reference leaning to the cycle before the beat's is measured beside it
-but not eligible; then the most sensitive threshold percentile whose pooled specificity (each beat against its own
+beats, which needs no model); a reference leaning to the cycle before the beat's (in every beat, or only
+in steady slow stretches of sinus rhythm) is measured beside it but not eligible; then the most sensitive threshold percentile whose pooled specificity (each beat against its own
 fold's threshold) is at least MIN_SPECIFICITY. The no-learning template + RR score gets the same search
 over its own weights, so the comparison is fair. DS2 is never read here: it is scored once, by
 `ecg-rnn evaluate`, with what this selected.
@@ -104,11 +104,11 @@ class SelectionConfig:
     pause_weights: tuple[float, ...] = (0.0, 0.1, 0.3, 0.6)
     percentiles: tuple[float, ...] = (90.0, 92.5, 95.0, 96.0, 97.0, 98.0, 99.0)
     rr_reference_windows: tuple[int, ...] = (0, 64, 128, 256, 512)  # beats; 0: RR90 of the whole record
-    # the selected reference leaning this far to the cycle before the beat's, every beat: ablation rows,
-    # not searched (docs/evaluation/README.md)
+    # the selected reference leaning this far to the cycle before the beat's, every beat...
     rr_previous_shares: tuple[float, ...] = (0.25, 0.5, 0.75)
-    # ...and only in steady stretches slower than 1 / this (features.steady_slow_cycles) whose P wave
-    # correlates at least this well with the sinus one (features.p_wave_similarity): searched
+    # ...or only in steady stretches slower than 1 / this (features.steady_slow_cycles) whose P wave
+    # correlates at least this well with the sinus one (features.p_wave_similarity): ablation rows, not
+    # eligible (docs/evaluation/README.md: both spare slow runs of atrial ectopy)
     rr_lean_min_s: tuple[float, ...] = (0.6, 0.67, 0.75)
     rr_lean_min_p_similarity: tuple[float, ...] = (0.3, 0.5, 0.7)
     rr_lean_shares: tuple[float, ...] = (0.5, 1.0)
@@ -488,11 +488,11 @@ def best_reference(folds: list[FoldTerms], data: SelectionData, config: Selectio
 def best_rr_reference(folds: list[FoldTerms], data: SelectionData, config: SelectionConfig,
                       learned: bool) -> tuple[list[dict], dict]:
     """The RR90 window with its best weights, then for that window RR90 over normal-to-normal intervals
-    (config.rr_typical_mads), then that reference leaning to the cycle before in steady slow stretches of
-    sinus rhythm (config.rr_lean_shares x config.rr_lean_min_s x config.rr_lean_min_p_similarity): every
-    setting tried and the pick. Measured too, as ablation rows, but not eligible: the pick without its
-    P-wave gate, and leaning in every beat (config.rr_previous_shares); both spare runs of atrial ectopy
-    as a rate change (docs/evaluation/README.md)."""
+    (config.rr_typical_mads): every setting tried and the pick. Measured too, as ablation rows, but not
+    eligible: the pick's reference leaning to the cycle before in steady slow stretches of sinus rhythm
+    (config.rr_lean_shares x config.rr_lean_min_s x config.rr_lean_min_p_similarity; the best of them
+    also without its P-wave gate) and in every beat (config.rr_previous_shares). Both spare runs of
+    atrial ectopy as a rate change: DS1 preferred the steady lean, DS2 did not (docs/evaluation/README.md)."""
     windows, pick = best_reference(folds, data, config, learned,
                                    [(w, 0.0, 0.0, 0.0, NO_P_GATE) for w in config.rr_reference_windows])
     normal_to_normal = best_reference(folds, data, config, learned,
@@ -505,10 +505,9 @@ def best_rr_reference(folds: list[FoldTerms], data: SelectionData, config: Selec
     leaning = best_reference(folds, data, config, learned,
                              [(pick["window"], share, pick["typical"], 0.0, NO_P_GATE)
                               for share in config.rr_previous_shares])[0]
-    pick = max([pick, *steady], key=lambda f: f["ap"])
-    ungated = (best_reference(folds, data, config, learned,
-                              [(pick["window"], pick["share"], pick["typical"], pick["lean_min"], NO_P_GATE)])[0]
-               if pick["p_gate"] > NO_P_GATE else [])
+    best_steady = max(steady, key=lambda f: f["ap"])
+    ungated = best_reference(folds, data, config, learned, [(pick["window"], best_steady["share"], pick["typical"],
+                                                             best_steady["lean_min"], NO_P_GATE)])[0]
     return windows + normal_to_normal + steady + ungated + leaning, pick
 
 
@@ -571,8 +570,7 @@ def selection_report(config: SelectionConfig, terms: dict[int, dict[tuple[int, i
                      f"stays within {PROMISE_BAND[0]:g}-{PROMISE_BAND[1]:g} x the promised "
                      f"{100 - DEFAULT_PERCENTILE:g} %, first for every model and adaptation with the whole "
                      f"record's RR90, then for the winner's RR90 window, then whether that RR90 is taken over "
-                     f"normal-to-normal intervals only, then whether that reference leans to the cycle before in "
-                     f"steady slow stretches of sinus rhythm (weights searched again for each); "
+                     f"normal-to-normal intervals only (weights searched again for each); "
                      f"threshold percentile: the lowest whose pooled specificity is >= {MIN_SPECIFICITY}",
         "selected": {"candidate": candidate.name, "model_config": candidate.model.to_dict(),
                      "other_lead_training": candidate.other_lead_training,
@@ -659,10 +657,9 @@ def selection_markdown(report: dict, plain: dict | None, speed: list[dict] | Non
         "stage, the selected model with another RR90 window and the weights best for it, those `... of "
         "normal-to-normal intervals` the third (RR90 only over intervals between two beats of the record's usual "
         "shape), and those `..., leaning` "
-        "the selected window with its reference leaning to the cycle before the beat's (the geometric mean "
-        "of the two at 0.5), measured but not eligible (docs/evaluation/README.md says why); the others "
-        "change one "
-        "setting of the selected detector. ROC-AUC and AP rank the pooled out-of-fold "
+        "the selected reference leaning (geometrically) to the cycle before the beat's, in every beat or only in "
+        "steady slow stretches of sinus rhythm, measured but not eligible (docs/evaluation/README.md says why); "
+        "the others change one setting of the selected detector. ROC-AUC and AP rank the pooled out-of-fold "
         "scores; F1, specificity and recall count each beat against its own fold's threshold; `lead 2` "
         "columns score the same test beats on their other lead.", "",
         markdown_rows(report["rows"]),

@@ -98,9 +98,11 @@ def test_context_changes_only_templates(det, beats208):
 
 def test_save_load_roundtrip(det, beats208, tmp_path):
     path = tmp_path / "m.safetensors"
-    leaning = copy.copy(det).set_params(rr_previous_share=0.25)  # a non-default setting survives the trip
+    # non-default settings survive the trip
+    leaning = copy.copy(det).set_params(rr_previous_share=0.25, rr_lean_min_s=0.6, rr_lean_min_p_similarity=0.3)
     leaning.save(tmp_path / "leaning.safetensors")
-    assert RecurrentAEDetector.load(tmp_path / "leaning.safetensors").rr_previous_share == 0.25
+    back = RecurrentAEDetector.load(tmp_path / "leaning.safetensors")
+    assert (back.rr_previous_share, back.rr_lean_min_s, back.rr_lean_min_p_similarity) == (0.25, 0.6, 0.3)
     det.save(path)
     back = RecurrentAEDetector.load(path)
     np.testing.assert_allclose(back.score_samples(beats208), det.score_samples(beats208), rtol=1e-6, atol=1e-6)
@@ -292,14 +294,13 @@ def test_a_checkpoint_saved_before_record_scale_keeps_its_scale(det, beats208, t
     old = RecurrentAEDetector.load(saved_with(None, "old.safetensors"))
     assert old.record_scale == "all_beats" != det.record_scale
     assert old.rr_reference_beats == 0 != det.rr_reference_beats
-    assert old.rr_previous_share == 0.0 != det.rr_previous_share
-    assert old.rr_lean_min_s == 0.0 != det.rr_lean_min_s
-    assert old.rr_lean_min_p_similarity == -1.0 != det.rr_lean_min_p_similarity
+    assert (old.rr_previous_share, old.rr_lean_min_s, old.rr_lean_min_p_similarity) == (0.0, 0.0, -1.0)
     assert old.rr_typical_mads == 0.0 != det.rr_typical_mads
     assert old.noise_stratum_probability == 1.0 != det.noise_stratum_probability
     assert old.noise_stratum_spread_s == 0.0 != det.noise_stratum_spread_s
     twin = copy.copy(det).set_params(record_scale="all_beats", rr_reference_beats=0, rr_previous_share=0.0,
-                                     rr_lean_min_s=0.0, rr_lean_min_p_similarity=-1.0, rr_typical_mads=0.0, noise_stratum_probability=1.0, noise_stratum_spread_s=0.0)
+                                     rr_lean_min_s=0.0, rr_lean_min_p_similarity=-1.0, rr_typical_mads=0.0,
+                                     noise_stratum_probability=1.0, noise_stratum_spread_s=0.0)
     np.testing.assert_allclose(old.score_samples(beats208), twin.score_samples(beats208), atol=1e-6)
     with pytest.raises(CheckpointError, match="record_scale"):
         RecurrentAEDetector.load(saved_with("upper_half", "bad.safetensors"))

@@ -69,8 +69,8 @@ def test_fold_terms_rebuild_the_detectors_scores(data, tmp_path):
     expected = det.score_samples(test, in_af=masks["detected"](test))
     whole_record, _ = score_fold(terms, det.weights, det.record_scale, det.threshold_percentile, "detected")
     assert not np.allclose(whole_record, expected, atol=1e-3)  # stored terms hold the whole record's RR90...
-    terms = with_rr_reference([terms], data, det.rr_reference_beats, det.rr_previous_share,
-                              det.rr_typical_mads, det.rr_lean_min_s, det.rr_lean_min_p_similarity)[0]  # ...the search swaps in its own
+    terms = with_rr_reference([terms], data, det.rr_reference_beats, det.rr_previous_share, det.rr_typical_mads,
+                              det.rr_lean_min_s, det.rr_lean_min_p_similarity)[0]  # ...the search swaps in its own
     scores, threshold = score_fold(terms, det.weights, det.record_scale, det.threshold_percentile, "detected")
     np.testing.assert_allclose(scores, expected, rtol=1e-4, atol=1e-4)  # fold terms are stored as float32
     assert threshold == pytest.approx(det.threshold_, abs=1e-3)
