@@ -108,7 +108,8 @@ AfMask = Callable[[Beats], np.ndarray]
 
 PARAMS = ("model", "training", "signal", "beats", "threshold_percentile", "rhythm_weight", "pause_weight",
           "distance_weight", "calibrate_per_record", "record_scale", "adaptation", "rr_reference_beats",
-          "rr_previous_share", "rr_lean_min_s", "rr_lean_min_p_similarity", "rr_typical_mads", "noise_stratum_probability", "noise_stratum_spread_s")
+          "rr_previous_share", "rr_lean_min_s", "rr_lean_min_p_similarity", "rr_typical_mads",
+          "noise_stratum_probability", "noise_stratum_spread_s")
 
 
 @dataclass

@@ -145,7 +145,8 @@ def p_wave_similarity(waves: np.ndarray, slow: np.ndarray, p_columns: slice) -> 
 def rr_reference(beats: Beats, context: Beats | None = None, window_beats: int = DEFAULT_RR_REFERENCE_BEATS,
                  previous_share: float = 0.0, typical_mads: float = 0.0,
                  distance: np.ndarray | None = None, lean_min_rr_s: float = 0.0,
-                 lean_min_p_similarity: float = NO_P_GATE, p_columns: slice | None = DEFAULT_P_COLUMNS) -> np.ndarray:
+                 lean_min_p_similarity: float = NO_P_GATE,
+                 p_columns: slice | None = DEFAULT_P_COLUMNS) -> np.ndarray:
     """The prematurity reference of each beat, in seconds: RR90^(1 - share) * RR_before^share, share =
     previous_share where steady_slow_cycles(lean_min_rr_s) says the beat may lean and its P wave's
     similarity to the sinus one (p_wave_similarity; p_columns: where the P wave lies in the beat

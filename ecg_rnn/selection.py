@@ -15,8 +15,9 @@ wins. Then, for that model, the window of the local RR90 (the prematurity term's
 whether that RR90 is taken over normal-to-normal intervals only, with the weights and calibration
 searched again for each (stored terms hold the whole-record RR90; the others are computed from the
 beats, which needs no model); a reference leaning to the cycle before the beat's (in every beat, or only
-in steady slow stretches of sinus rhythm) is measured beside it but not eligible; then the most sensitive threshold percentile whose pooled specificity (each beat against its own
-fold's threshold) is at least MIN_SPECIFICITY. The no-learning template + RR score gets the same search
+in steady slow stretches of sinus rhythm) is measured beside it but not eligible; then the most
+sensitive threshold percentile whose pooled specificity (each beat against its own fold's threshold) is
+at least MIN_SPECIFICITY. The no-learning template + RR score gets the same search
 over its own weights, so the comparison is fair. DS2 is never read here: it is scored once, by
 `ecg-rnn evaluate`, with what this selected.
 
