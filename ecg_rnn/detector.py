@@ -65,9 +65,8 @@ from ecg_rnn.adapt import AdaptConfig, adapt
 from ecg_rnn.beats import BeatConfig, Beats
 from ecg_rnn.errors import CheckpointError
 from ecg_rnn.features import (DEFAULT_RECORD_SCALE, DEFAULT_RR_LEAN_MIN_P_SIMILARITY, DEFAULT_RR_LEAN_MIN_S,
-                              DEFAULT_RR_PREVIOUS_SHARE, NO_P_GATE,
-                              DEFAULT_RR_REFERENCE_BEATS, DEFAULT_RR_TYPICAL_MADS, MORPHOLOGY_TERMS, MSE_EPS,
-                              RHYTHM_TERMS, TERMS, ScoreWeights, beat_zscore, calibrate, check_record_scale, combine,
+                              DEFAULT_RR_PREVIOUS_SHARE, DEFAULT_RR_REFERENCE_BEATS, DEFAULT_RR_TYPICAL_MADS,
+                              MORPHOLOGY_TERMS, MSE_EPS, NO_P_GATE, RHYTHM_TERMS, TERMS, ScoreWeights, beat_zscore, calibrate, check_record_scale, combine,
                               model_inputs, nearby_maximum, record_population, rhythm_terms, rr_reference,
                               template_distances, zscores)
 from ecg_rnn.model import ModelConfig, RecurrentAutoencoder

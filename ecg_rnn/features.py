@@ -131,6 +131,16 @@ def steady_slow_cycles(rr_prev: np.ndarray, before: np.ndarray, lean_min_rr_s: f
     return (rr_prev >= lean_min_rr_s) & (change < np.log1p(RR_LEAN_TOLERANCE))
 
 
+def lean_gates_label(lean_min_rr_s: float, lean_min_p_similarity: float) -> str:
+    """Where a leaning reference leans, in words (empty when every beat does): the selection's row labels
+    and the model card say it alike."""
+    where = (f" in steady stretches under {60 / lean_min_rr_s:.0f} bpm (cycles >= {lean_min_rr_s:g} s within "
+             f"{RR_LEAN_TOLERANCE:.0%} of the one before)" if lean_min_rr_s > 0 else "")
+    if lean_min_p_similarity > NO_P_GATE:
+        where += f" of a sinus P wave (correlation >= {lean_min_p_similarity:g})"
+    return where
+
+
 def p_wave_similarity(waves: np.ndarray, slow: np.ndarray, p_columns: slice) -> np.ndarray:
     """Correlation of each beat's pre-QRS segment (where its P wave lies; offset removed) with the median
     segment of the `slow` beats: the record's slowest cycles of its usual shape, its sinus rhythm even

@@ -9,7 +9,7 @@ import numpy as np
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
 from ecg_rnn.beats import ABNORMAL_CLASSES, Beats
-from ecg_rnn.features import NO_P_GATE, RR_LEAN_TOLERANCE
+from ecg_rnn.features import NO_P_GATE, lean_gates_label
 from ecg_rnn.metrics import METRIC_KEYS
 
 PLOT_DPI = 110
@@ -90,10 +90,7 @@ def _prematurity_reference(d: dict) -> str:
         rr90 += f", over intervals between beats of the record's usual shape (within {typical:g} MADs)"
     if not share:
         return rr90
-    where = (f" where the cycles are steady (within {RR_LEAN_TOLERANCE:.0%} of the one before) and at least "
-             f"{lean_min:g} s long" if lean_min else "")
-    if p_gate > NO_P_GATE:
-        where += f", with a P wave like the sinus one (correlation >= {p_gate:g})"
+    where = lean_gates_label(lean_min, p_gate)
     return f"{rr90}, leaning {share:g} (geometrically) to the cycle before the beat's{where}"
 
 

@@ -50,7 +50,7 @@ from ecg_rnn.detector import AfMask, RecurrentAEDetector
 from ecg_rnn.experiments import AF_MASKS, detected_af_mask, reference_af_mask
 from ecg_rnn.features import (DEFAULT_RECORD_SCALE, MORPHOLOGY_TERMS, RECORD_SCALE_LABELS, RECORD_SCALES,
                               RHYTHM_TERMS, ScoreWeights, beat_keys, calibrate, combine, record_population,
-                              NO_P_GATE, RR_LEAN_TOLERANCE, rhythm_terms, rr_reference, zscores)
+                              NO_P_GATE, lean_gates_label, rhythm_terms, rr_reference, zscores)
 from ecg_rnn.metrics import evaluate_detector
 from ecg_rnn.model import ModelConfig, RecurrentAutoencoder
 from ecg_rnn.protocols import DS1, build_beat_set, heldout_mask, locate_mitdb
@@ -459,10 +459,7 @@ def _window_label(window: int, previous_share: float = 0.0, typical_mads: float 
         rr90 += f" of normal-to-normal intervals (beats within {typical_mads:g} MADs)"
     if previous_share == 0.0:
         return rr90
-    where = (f" in steady stretches under {60 / lean_min_rr_s:.0f} bpm (cycles >= {lean_min_rr_s:g} s within "
-             f"{RR_LEAN_TOLERANCE:.0%} of the one before)" if lean_min_rr_s > 0 else "")
-    if lean_min_p_similarity > NO_P_GATE:
-        where += f" of a sinus P wave (correlation >= {lean_min_p_similarity:g})"
+    where = lean_gates_label(lean_min_rr_s, lean_min_p_similarity)
     return f"{rr90}, leaning {previous_share:g} to the cycle before{where}"
 
 
