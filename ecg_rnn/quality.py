@@ -23,7 +23,9 @@ predecessor) and more beats than a heart can make.
 `fuse_leads` combines the leads: per window only the leads that are not noisy vote; a beat is kept
 when more than half of the clean leads found it, ties going to the preferred lead (the first clean
 one in the caller's order) unless another clean lead is clearly less likely noisy: noise on one lead
-neither adds nor removes beats. Windows where every lead is noisy are noise segments; their beats come from the least
+neither adds nor removes beats. A beat only one lead found, splitting a cycle that another lead saw
+whole (both its cycles shorter than max_split_share of the local median cycle), is dropped: electrode
+motion on one lead fakes such beats between true ones. Windows where every lead is noisy are noise segments; their beats come from the least
 noisy lead, and the segments are returned so that later stages can leave them out. The reported
 R-peak is the preferred lead's, so R-peaks only move to another lead's QRS extremum where they must.
 
@@ -40,7 +42,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import fft as sp_fft
 from scipy import signal as sps
-from scipy.ndimage import maximum_filter1d, minimum_filter1d
+from scipy.ndimage import maximum_filter1d, median_filter, minimum_filter1d
 
 from ecg_rnn.errors import SignalError
 from ecg_rnn.signal import detect_r_peaks
@@ -55,6 +57,9 @@ class QualityConfig:
     max_noise_probability: float = 0.9  # the model's probability of noise above which a window is noisy
     max_flat_share: float = 0.5  # noisy: more samples than this repeat their predecessor (flat, clipped)
     max_rate_bpm: float = 300.0  # noisy: more beats than this rate in a window
+    # a beat one lead alone found, between two beats another lead found, is a phantom when both its
+    # cycles are shorter than this share of the local median cycle (0: keep every voted beat)
+    max_split_share: float = 0.75
 
 
 @dataclass(frozen=True)
@@ -70,6 +75,7 @@ class FusedPeaks:
 
 _FUSE_TOLERANCE_S = 0.1  # peaks of different leads this close are one beat (QRS extrema differ by lead)
 _LEAD_THREADS = 2  # leads judged at once (the machines this targets have two cores or more)
+_SPLIT_CONTEXT_CYCLES = 21  # the local median cycle of a phantom's test spans this many cycles
 _TIE_MARGIN = 0.5  # a clean lead this much less likely noisy than the preferred one settles ties
 _WORK_FS = 100.0  # features are computed after decimating by the largest integer keeping this rate
 _BAND_HZ = (1.0, 40.0)  # kurtosis and RMS are taken on this band (baseline and mains removed)
@@ -140,8 +146,11 @@ def fuse_leads(leads: np.ndarray, fs: float, config: QualityConfig = QualityConf
     clearly = probability[rows, preferred] - probability[rows, least_noisy] > _TIE_MARGIN
     tie_break = np.where(clearly, least_noisy, preferred)
     window = int(round(config.window_s * fs))
-    samples, lead = _vote([p for _, _, p in per_lead], noisy, tie_break, preferred, window,
-                          int(round(_FUSE_TOLERANCE_S * fs)))
+    lead_peaks = [p for _, _, p in per_lead]
+    tolerance = int(round(_FUSE_TOLERANCE_S * fs))
+    samples, lead = _vote(lead_peaks, noisy, tie_break, preferred, window, tolerance)
+    keep = ~_split_cycles(samples, lead_peaks, tolerance, config.max_split_share)
+    samples, lead = samples[keep], lead[keep]
     all_noisy = noisy.all(axis=1)
     return FusedPeaks(samples, lead, noisy, noise_segments(all_noisy, config.window_s, len(x) / fs), probability)
 
@@ -177,6 +186,34 @@ def _vote(peaks: list[np.ndarray], noisy: np.ndarray, tie_break: np.ndarray, pre
     pick = np.lexsort((rank, beat))
     chosen = pick[np.r_[0, np.flatnonzero(np.diff(beat[pick])) + 1]]
     return sample[chosen][keep], lead[chosen][keep]
+
+
+def _split_cycles(samples: np.ndarray, lead_peaks: list[np.ndarray], tolerance: int, max_share: float
+                  ) -> np.ndarray:
+    """Per fused beat: True where exactly one lead found it, another lead found both its neighbours,
+    and both its cycles are shorter than max_share of the median of the 21 cycles around it (a dead
+    lead finds no neighbours, so a single-lead recording or a flat lead drops nothing)."""
+    if max_share <= 0 or len(lead_peaks) < 2 or len(samples) < 3:
+        return np.zeros(len(samples), bool)
+    found = np.column_stack([_within(samples, np.asarray(p, dtype=np.int64), tolerance) for p in lead_peaks])
+    alone = found.sum(axis=1) == 1
+    others = ~found & alone[:, None]  # for a beat one lead found: the leads that did not find it
+    neighbours_seen = np.zeros_like(found)
+    neighbours_seen[1:-1] = found[:-2] & found[2:]
+    cycles = np.diff(samples).astype(np.float64)
+    local = median_filter(cycles, size=_SPLIT_CONTEXT_CYCLES, mode="nearest")
+    before = np.r_[np.inf, cycles / local]
+    after = np.r_[cycles / local, np.inf]
+    return alone & (others & neighbours_seen).any(axis=1) & (before < max_share) & (after < max_share)
+
+
+def _within(samples: np.ndarray, peaks: np.ndarray, tolerance: int) -> np.ndarray:
+    """Per sample: whether a peak of the sorted peaks lies within tolerance."""
+    if len(peaks) == 0:
+        return np.zeros(len(samples), bool)
+    right = np.clip(np.searchsorted(peaks, samples), 0, len(peaks) - 1)
+    left = np.maximum(right - 1, 0)
+    return np.minimum(np.abs(peaks[right] - samples), np.abs(peaks[left] - samples)) <= tolerance
 
 
 def _quality(x: np.ndarray, fs: float, config: QualityConfig, peaks: np.ndarray | None

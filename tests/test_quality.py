@@ -158,3 +158,48 @@ def test_bad_input_raises_signal_errors():
         quality.lead_quality(broken, fs)
     with pytest.raises(SignalError, match="R-peaks for 1 leads"):
         quality.fuse_leads(x[: int(60 * fs)], fs, peaks=[np.array([10, 400])])
+
+
+def _with_extra_peak(peaks: np.ndarray, at: int) -> np.ndarray:
+    return np.sort(np.r_[peaks, at])
+
+
+def test_a_beat_one_lead_alone_finds_mid_cycle_is_dropped_only_when_another_lead_saw_the_cycle_whole():
+    x, fs, _, _ = _sample("100")
+    x = x[: int(60 * fs)]
+    peaks = [detect_r_peaks(x[:, lead], fs) for lead in range(2)]
+    assert quality.fuse_leads(x, fs, peaks=peaks).samples.size == peaks[0].size
+    middle = int((peaks[0][30] + peaks[0][31]) // 2)  # splits a sinus cycle in two halves
+    phantom = [_with_extra_peak(peaks[0], middle), peaks[1]]
+    assert middle not in quality.fuse_leads(x, fs, peaks=phantom).samples  # lead 1 saw the cycle whole
+    off = quality.QualityConfig(max_split_share=0.0)
+    assert middle in quality.fuse_leads(x, fs, off, peaks=phantom).samples  # the test switched off keeps it
+    both = [_with_extra_peak(peaks[0], middle), _with_extra_peak(peaks[1], middle)]
+    assert middle in quality.fuse_leads(x, fs, peaks=both).samples  # both leads agree: a real early beat
+    dead = [_with_extra_peak(peaks[0], middle), np.zeros(0, np.int64)]
+    assert middle in quality.fuse_leads(x, fs, peaks=dead).samples  # a dead lead is no witness
+    late = int(peaks[0][30] + 0.8 * (peaks[0][31] - peaks[0][30]))  # a long cycle before it: not a split
+    assert late in quality.fuse_leads(x, fs, peaks=[_with_extra_peak(peaks[0], late), peaks[1]]).samples
+
+
+def test_electrode_motion_on_both_leads_fakes_fewer_beats_and_the_test_drops_no_true_one():
+    x, fs, reference, mask = _excerpt_with_noise("100", "em", 12.0, leads=(0, 1))
+    peaks = [detect_r_peaks(x[:, lead], fs) for lead in range(2)]
+    with_test = quality.fuse_leads(x, fs, peaks=peaks).samples
+    without = quality.fuse_leads(x, fs, quality.QualityConfig(max_split_share=0.0), peaks=peaks).samples
+    dropped = np.setdiff1d(without, with_test)
+    assert len(dropped) >= 5
+    assert np.min(np.abs(dropped[:, None] - reference[None, :]), axis=1).min() > TOLERANCE_S * fs  # all phantoms
+    in_noise = reference[mask[reference]]
+    assert _se_ppv(in_noise, with_test[mask[with_test]], fs)[1] > _se_ppv(in_noise, without[mask[without]], fs)[1]
+
+
+def test_the_split_test_keeps_every_annotated_beat_of_a_record_with_frequent_ventricular_ectopy():
+    x, fs, reference, _ = _sample("208")
+    peaks = [detect_r_peaks(x[:, lead], fs) for lead in range(2)]
+    with_test = quality.fuse_leads(x, fs, peaks=peaks).samples
+    without = quality.fuse_leads(x, fs, quality.QualityConfig(max_split_share=0.0), peaks=peaks).samples
+    dropped = np.setdiff1d(without, with_test)
+    assert np.isin(with_test, without).all()
+    true_dropped = [d for d in dropped if np.min(np.abs(reference - d)) <= TOLERANCE_S * fs]
+    assert true_dropped == []
