@@ -400,7 +400,8 @@ def detected_section(folder: Path, final: SuggestConfig, n_reference: int) -> li
         "",
         "## DS2 with detected R-peaks",
         "",
-        f"ecg_rnn.signal.detect_r_peaks on each DS2 record; {len(beats)} detections, {int(unmatched.sum())} "
+        "R-peaks detected on each DS2 record as `ecg-rnn score` detects them (every lead, fused by the quality "
+        f"stage); {len(beats)} detections, {int(unmatched.sum())} "
         f"with no reference beat within 150 ms (left out below; suggested as "
         + ", ".join(f"{c}: {int((suggested[unmatched] == c).sum())}" for c in AAMI_CLASSES)
         + f"); {n_reference - int((~unmatched).sum())} of the {n_reference} reference beats were not detected. "

@@ -25,8 +25,9 @@ when more than half of the clean leads found it, ties going to the preferred lea
 one in the caller's order) unless another clean lead is clearly less likely noisy: noise on one lead
 neither adds nor removes beats. A beat only one lead found, splitting a cycle that another lead saw
 whole (both its cycles shorter than max_split_share of the local median cycle), is dropped: electrode
-motion on one lead fakes such beats between true ones. Windows where every lead is noisy are noise segments; their beats come from the least
-noisy lead, and the segments are returned so that later stages can leave them out. The reported
+motion on one lead fakes such beats between true ones. Windows where every lead is noisy are noise
+segments; their beats come from the least noisy lead, and the segments are returned so that later
+stages can leave them out. The reported
 R-peak is the preferred lead's, so R-peaks only move to another lead's QRS extremum where they must.
 
 Everything is a pure function of the arrays passed, so long recordings may be processed in chunks.
