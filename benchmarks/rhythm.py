@@ -18,7 +18,8 @@ Quality (--quality): refits the quality model on DS1 (leave-one-record-out figur
 DS1), compares it with the library's weights, and runs the NSTDB-style stress test (synthetic em,
 ma and bw noise at 12, 6 and 0 dB from minute 5 on) on DS1 (tuning) and DS2 (held out): windows
 flagged, beats kept by fuse_leads when one lead is destroyed, noise segments when both are noisy,
-and agreement with MIT-BIH's own noise annotations ('~').
+and agreement with MIT-BIH's own noise annotations ('~'); then selects fuse_leads' two settings on DS1
+(max_split_share, the phantom test; min_lead_agreement, when noisy leads stay readable).
 
 The database is --mitdb, else $MITDB_DIR, else data/mitdb/ if it holds records, else
 ../shared/data/mitdb/.
@@ -63,6 +64,9 @@ SNRS_DB = (12.0, 6.0, 0.0)
 SPLIT_SHARES = (0.0, 0.7, 0.75, 0.8)
 SPLIT_KINDS = ("em", "ma")  # the noise kinds that fake beats
 MAX_TRUE_BEATS_LOST = 1e-4  # per reference beat of the unmodified records: the test may cost at most this
+# QualityConfig.min_lead_agreement: the grid (the last: never readable), and how much +P it may cost
+LEAD_AGREEMENTS = (0.6, 0.7, 0.8, 0.9, 1.01)
+MAX_PPV_COST = 0.001
 FIT_SNRS_DB = (6.0, 0.0)  # noisy windows the quality model learns from (em and ma)
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)  # candidate noise-probability thresholds
 MAX_CLEAN_FLAGGED = 0.02  # the threshold may flag at most this share of clean DS1 windows (out of fold)
@@ -591,9 +595,18 @@ def stress_record(rec: Loaded, config: quality.QualityConfig, seed: int) -> dict
     return out
 
 
-def split_share_counts(rec: Loaded, config: quality.QualityConfig, seed: int
-                       ) -> dict[tuple[str, float, float], np.ndarray]:
-    """Per (noise kind or "clean", SNR, max_split_share): [reference beats, fused beats outside noise
+def fusion_variants(config: quality.QualityConfig) -> dict[tuple[str, float], quality.QualityConfig]:
+    """The fusion settings the DS1 selection compares: every phantom-test share (the library's lead
+    agreement), and every lead-agreement level (the library's share)."""
+    out = {("max_split_share", share): dataclasses.replace(config, max_split_share=share) for share in SPLIT_SHARES}
+    out.update({("min_lead_agreement", level): dataclasses.replace(config, min_lead_agreement=level)
+                for level in LEAD_AGREEMENTS})
+    return out
+
+
+def fusion_counts(rec: Loaded, config: quality.QualityConfig, seed: int
+                  ) -> dict[tuple[str, float, tuple[str, float]], np.ndarray]:
+    """Per (noise kind or "clean", SNR, fusion variant): [reference beats, fused beats outside noise
     segments that match one, those that do not], both leads noisy, over the noisy stretches (the
     unmodified record: over all of it)."""
     fs, n = rec.fs, len(rec.signal)
@@ -606,51 +619,82 @@ def split_share_counts(rec: Loaded, config: quality.QualityConfig, seed: int
     for kind, snr, signal in cases:
         where = np.ones(n, bool) if kind == "clean" else stress.noisy_mask(n, fs)
         peaks = [detect_r_peaks(signal[:, lead], fs) for lead in range(signal.shape[1])]
-        for share in SPLIT_SHARES:
-            fused = quality.fuse_leads(signal, fs, dataclasses.replace(config, max_split_share=share), peaks=peaks)
+        for variant, variant_config in fusion_variants(config).items():
+            fused = quality.fuse_leads(signal, fs, variant_config, peaks=peaks)
             ok = where.copy()
             for a, b in fused.noise_segments:
                 ok[int(a * fs):int(b * fs)] = False
-            found = fused.samples[ok[fused.samples]]
-            tp, fp = matches(rec.beats[where[rec.beats]], found, tolerance)
-            out[kind, snr, share] = np.array([int(where[rec.beats].sum()), tp, fp])
+            tp, fp = matches(rec.beats[where[rec.beats]], fused.samples[ok[fused.samples]], tolerance)
+            out[kind, snr, variant] = np.array([int(where[rec.beats].sum()), tp, fp])
     return out
 
 
-def split_share_table(loaded: dict[str, Loaded], config: quality.QualityConfig, seed: int) -> list[str]:
-    """The phantom test's share selected on DS1: the one with the best mean +P over em and ma at 12 and
-    6 dB among those losing at most MAX_TRUE_BEATS_LOST of the unmodified records' beats."""
+def fusion_tables(loaded: dict[str, Loaded], config: quality.QualityConfig, seed: int) -> list[str]:
+    """The phantom test's share and the lead-agreement level, selected on DS1 (see the text written)."""
     names = [n for n in DS1 if n in loaded]
-    totals: dict[tuple[str, float, float], np.ndarray] = {}
-    for name in tqdm(names, desc="phantom test DS1", unit="record"):
-        for key, counts in split_share_counts(loaded[name], config, seed).items():
+    totals: dict[tuple, np.ndarray] = {}
+    for name in tqdm(names, desc="fusion settings DS1", unit="record"):
+        for key, counts in fusion_counts(loaded[name], config, seed).items():
             totals[key] = totals.get(key, 0) + counts
     if not totals:
         return []
-    rows = [("clean", np.inf)] + [(k, s) for k in SPLIT_KINDS for s in SNRS_DB]
-    plus_p = {key: c[1] / max(c[1] + c[2], 1) for key, c in totals.items()}
-    lost = {share: (totals["clean", np.inf, 0.0][1] - totals["clean", np.inf, share][1])
-            / max(totals["clean", np.inf, 0.0][0], 1) for share in SPLIT_SHARES}
-    judged = {share: np.mean([plus_p[k, s, share] for k in SPLIT_KINDS for s in (12.0, 6.0)]) for share in SPLIT_SHARES}
-    chosen = max((s for s in SPLIT_SHARES if lost[s] <= MAX_TRUE_BEATS_LOST), key=lambda s: (judged[s], s))
-    lines = ["## Phantom beats: the split-cycle test (selected on DS1)", "",
-             f"`max_split_share`: a beat one lead alone found, between two beats another lead found, is dropped "
-             f"when both its cycles are shorter than this share of the local median cycle (0: off). Both leads "
-             f"noisy, noisy stretches of {len(names)} DS1 records; the unmodified records over their whole length. "
-             f"Se / +P of the fused beats outside noise segments. Selected: the best mean +P over em and ma at 12 "
-             f"and 6 dB among shares losing at most {MAX_TRUE_BEATS_LOST:g} of the unmodified records' true beats: "
-             f"**{chosen:g}** (library: {config.max_split_share:g}).", "",
-             "| share | " + " | ".join(f"{k} {s:g} dB" if k != "clean" else "unmodified" for k, s in rows)
-             + " | true beats lost, unmodified | mean +P, em/ma 12 and 6 dB |",
-             "|---|" + "---:|" * (len(rows) + 2)]
-    for share in SPLIT_SHARES:
-        cells = []
-        for k, s in rows:
-            ref, tp, _ = totals[k, s, share]
-            cells.append(f"{tp / max(ref, 1):.4f} / {plus_p[k, s, share]:.4f}")
-        dropped = totals["clean", np.inf, 0.0][1] - totals["clean", np.inf, share][1]
-        lines.append(f"| {share:g} | " + " | ".join(cells) + f" | {dropped} ({lost[share]:.1e}) | {judged[share]:.4f} |")
-    return lines + [""]
+    judged = [(k, s) for k in SPLIT_KINDS for s in (12.0, 6.0)]
+
+    def plus_p(kind: str, snr: float, variant: tuple) -> float:
+        _, tp, fp = totals[kind, snr, variant]
+        return tp / max(tp + fp, 1)
+
+    def coverage(kind: str, snr: float, variant: tuple) -> float:
+        return totals[kind, snr, variant][1] / max(totals[kind, snr, variant][0], 1)
+
+    mean_p = {v: float(np.mean([plus_p(k, s, v) for k, s in judged])) for v in fusion_variants(config)}
+    mean_coverage = {v: float(np.mean([coverage(k, s, v) for k, s in judged])) for v in fusion_variants(config)}
+    clean = ("clean", np.inf)
+    off_split = ("max_split_share", 0.0)
+    lost = {v: (totals[(*clean, off_split)][1] - totals[(*clean, v)][1]) / max(totals[(*clean, off_split)][0], 1)
+            for v in fusion_variants(config) if v[0] == "max_split_share"}
+    split_choice = max((v for v in lost if lost[v] <= MAX_TRUE_BEATS_LOST), key=lambda v: (mean_p[v], v[1]))
+    off_agreement = ("min_lead_agreement", LEAD_AGREEMENTS[-1])
+    kept = [v for v in fusion_variants(config) if v[0] == "min_lead_agreement"
+            and mean_p[v] >= mean_p[off_agreement] - MAX_PPV_COST
+            and plus_p(*clean, v) >= plus_p(*clean, off_agreement) - MAX_PPV_COST]
+    agreement_choice = max(kept, key=lambda v: (mean_coverage[v], -v[1]))
+    rows = [clean] + [(k, s) for k in SPLIT_KINDS for s in SNRS_DB]
+    columns = ["unmodified" if k == "clean" else f"{k} {s:g} dB" for k, s in rows]
+    columns += ["mean coverage, em/ma 12 and 6 dB", "mean +P, em/ma 12 and 6 dB"]
+
+    def table(setting: str) -> list[str]:
+        with_loss = setting == "max_split_share"
+        names = [setting, *columns] + (["true beats lost, unmodified"] if with_loss else [])
+        lines = ["| " + " | ".join(names) + " |", "|---|" + "---:|" * (len(names) - 1)]
+        for v in fusion_variants(config):
+            if v[0] != setting:
+                continue
+            cells = [f"{coverage(k, s, v):.4f} / {plus_p(k, s, v):.4f}" for k, s in rows]
+            cells += [f"{mean_coverage[v]:.4f}", f"{mean_p[v]:.4f}"]
+            if with_loss:
+                cells.append(f"{totals[(*clean, off_split)][1] - totals[(*clean, v)][1]} ({lost[v]:.1e})")
+            lines.append(f"| {v[1]:g} | " + " | ".join(cells) + " |")
+        return lines
+
+    return [
+        "## Fusion settings (selected on DS1)", "",
+        f"Both leads noisy, noisy stretches of {len(names)} DS1 records; the unmodified records over their whole "
+        "length. Each cell: coverage (reference beats found by a fused beat outside noise segments) / +P of those "
+        "fused beats.", "",
+        "**Phantom beats: the split-cycle test** (`max_split_share`; the library's lead agreement). A beat one lead "
+        "alone found, between two beats another lead found, is dropped when both its cycles are shorter than this "
+        "share of the local median cycle (0: off). Selected: the best mean +P over em and ma at 12 and 6 dB among "
+        f"shares losing at most {MAX_TRUE_BEATS_LOST:g} of the unmodified records' true beats: "
+        f"**{split_choice[1]:g}** (library: {config.max_split_share:g}).", "",
+        *table("max_split_share"), "",
+        "**Readable noise: lead agreement** (`min_lead_agreement`; the library's split share). Where every lead is "
+        "noisy, a window is a noise segment unless at least this share of its beats were found by two leads or "
+        f"more ({LEAD_AGREEMENTS[-1]:g}: never). Selected: the best mean coverage over em and ma at 12 and 6 dB "
+        f"among levels whose mean +P there and whose +P on the unmodified records lie within {MAX_PPV_COST:g} of "
+        f"the test switched off: **{agreement_choice[1]:g}** (library: {config.min_lead_agreement:g}).", "",
+        *table("min_lead_agreement"), "",
+    ]
 
 
 def annotated_agreement(rec: Loaded, config: quality.QualityConfig) -> list[tuple[int, int, int, int]]:
@@ -713,7 +757,7 @@ def quality_report(loaded: dict[str, Loaded], command: str, seed: int) -> str:
         "last two columns add independent noise to both leads. Beats match the reference within 150 ms.",
         "",
         *stress_tables(loaded, config, seed),
-        *split_share_table(loaded, config, seed),
+        *fusion_tables(loaded, config, seed),
         "",
     ])
 

@@ -26,8 +26,9 @@ one in the caller's order) unless another clean lead is clearly less likely nois
 neither adds nor removes beats. A beat only one lead found, splitting a cycle that another lead saw
 whole (both its cycles shorter than max_split_share of the local median cycle), is dropped: electrode
 motion on one lead fakes such beats between true ones. Windows where every lead is noisy are noise
-segments; their beats come from the least noisy lead, and the segments are returned so that later
-stages can leave them out. The reported
+segments, unless the leads still agree on the beats (at least min_lead_agreement of them found by two
+leads or more: muscle noise that leaves every QRS readable); their beats come from the least noisy
+lead, and the segments are returned so that later stages can leave them out. The reported
 R-peak is the preferred lead's, so R-peaks only move to another lead's QRS extremum where they must.
 
 Everything is a pure function of the arrays passed, so long recordings may be processed in chunks.
@@ -61,6 +62,10 @@ class QualityConfig:
     # a beat one lead alone found, between two beats another lead found, is a phantom when both its
     # cycles are shorter than this share of the local median cycle (0: keep every voted beat)
     max_split_share: float = 0.75
+    # where every lead is noisy, the window stays readable (no noise segment) when at least this share of
+    # its beats were found by two leads or more: independent noise rarely fakes the same beat in two
+    # leads (above 1: every such window is a noise segment; a single lead has no agreement)
+    min_lead_agreement: float = 0.8
 
 
 @dataclass(frozen=True)
@@ -70,7 +75,7 @@ class FusedPeaks:
     samples: np.ndarray  # int64, sorted R-peak samples
     lead: np.ndarray  # int64 per beat: the lead whose peak is reported (the first clean lead that found it)
     noisy: np.ndarray  # bool (windows, leads): lead_quality of every lead
-    noise_segments: list[tuple[float, float]]  # (start_s, end_s) where every lead is noisy
+    noise_segments: list[tuple[float, float]]  # (start_s, end_s) where every lead is noisy and they disagree
     probability: np.ndarray  # float (windows, leads): the quality model's probability of noise
 
 
@@ -152,8 +157,29 @@ def fuse_leads(leads: np.ndarray, fs: float, config: QualityConfig = QualityConf
     samples, lead = _vote(lead_peaks, noisy, tie_break, preferred, window, tolerance)
     keep = ~_split_cycles(samples, lead_peaks, tolerance, config.max_split_share)
     samples, lead = samples[keep], lead[keep]
-    all_noisy = noisy.all(axis=1)
-    return FusedPeaks(samples, lead, noisy, noise_segments(all_noisy, config.window_s, len(x) / fs), probability)
+    unreadable = noisy.all(axis=1) & (lead_agreement(lead_peaks, len(noisy), window, tolerance)
+                                      < config.min_lead_agreement)
+    return FusedPeaks(samples, lead, noisy, noise_segments(unreadable, config.window_s, len(x) / fs), probability)
+
+
+def lead_agreement(peaks: Sequence[np.ndarray], windows: int, window: int, tolerance: int) -> np.ndarray:
+    """Per window: the share of its beats (peaks of all leads, those closer than tolerance being one
+    beat) that two leads or more found; 0 with a single lead, 1 where no lead found a beat."""
+    sample = np.concatenate([np.asarray(p, dtype=np.int64) for p in peaks])
+    if len(peaks) < 2:
+        return np.zeros(windows) if len(sample) else np.ones(windows)
+    if len(sample) == 0:
+        return np.ones(windows)
+    lead = np.concatenate([np.full(len(p), k, np.int64) for k, p in enumerate(peaks)])
+    order = np.argsort(sample, kind="stable")
+    sample, lead = sample[order], lead[order]
+    beat = np.r_[0, np.cumsum(np.diff(sample) > tolerance)]
+    leads_per_beat = np.bincount(np.unique(beat * len(peaks) + lead) // len(peaks), minlength=beat[-1] + 1)
+    first = np.r_[0, np.flatnonzero(np.diff(beat)) + 1]
+    win = np.minimum(sample[first] // window, windows - 1)
+    beats = np.bincount(win, minlength=windows)
+    shared = np.bincount(win, weights=leads_per_beat >= 2, minlength=windows)
+    return np.where(beats > 0, shared / np.maximum(beats, 1), 1.0)
 
 
 def _vote(peaks: list[np.ndarray], noisy: np.ndarray, tie_break: np.ndarray, preferred: np.ndarray,

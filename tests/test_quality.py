@@ -203,3 +203,34 @@ def test_the_split_test_keeps_every_annotated_beat_of_a_record_with_frequent_ven
     assert np.isin(with_test, without).all()
     true_dropped = [d for d in dropped if np.min(np.abs(reference - d)) <= TOLERANCE_S * fs]
     assert true_dropped == []
+
+
+def test_lead_agreement_is_the_share_of_beats_two_leads_found():
+    window, tolerance = 1000, 10
+    same = np.array([100, 400, 700, 1300])
+    assert np.allclose(quality.lead_agreement([same, same + 5], 2, window, tolerance), [1.0, 1.0])
+    half = quality.lead_agreement([np.array([100, 400]), np.array([100, 700])], 2, window, tolerance)
+    assert np.allclose(half, [1 / 3, 1.0])  # beats 100 (both), 400 and 700 (one lead each); no beat in window 2
+    assert np.allclose(quality.lead_agreement([same], 2, window, tolerance), [0.0, 0.0])  # one lead: no witness
+
+
+def test_muscle_noise_on_both_leads_stays_readable_where_the_leads_agree_on_the_beats():
+    x, fs, reference, mask = _excerpt_with_noise("100", "ma", 6.0, leads=(0, 1))
+    peaks = [detect_r_peaks(x[:, lead], fs) for lead in range(2)]
+    never = quality.fuse_leads(x, fs, quality.QualityConfig(min_lead_agreement=1.01), peaks=peaks)
+    fused = quality.fuse_leads(x, fs, peaks=peaks)
+    t = np.arange(len(x)) / fs
+
+    def readable(segments):
+        inside = np.zeros(len(x), bool)
+        for start, end in segments:
+            inside |= (t >= start) & (t < end)
+        return ~inside
+
+    assert readable(never.noise_segments)[mask].mean() <= 0.6  # both leads judged noisy in most of it...
+    ok = readable(fused.noise_segments)
+    assert ok[mask].mean() >= readable(never.noise_segments)[mask].mean() + 0.2  # ...yet the leads agree
+    kept = fused.samples[ok[fused.samples] & mask[fused.samples]]
+    in_noise = reference[mask[reference] & ok[reference]]
+    se, ppv = _se_ppv(in_noise, kept, fs)
+    assert se >= 0.99 and ppv >= 0.99
