@@ -689,8 +689,8 @@ def fusion_tables(loaded: dict[str, Loaded], config: quality.QualityConfig, seed
         f"**{split_choice[1]:g}** (library: {config.max_split_share:g}).", "",
         *table("max_split_share"), "",
         "**Readable noise: lead agreement** (`min_lead_agreement`; the library's split share). Where every lead is "
-        "noisy, a window is a noise segment unless at least this share of its beats were found by two leads or "
-        f"more ({LEAD_AGREEMENTS[-1]:g}: never). Selected: the best mean coverage over em and ma at 12 and 6 dB "
+        "noisy, a window is a noise segment unless at least this share of its beats were found by a majority of "
+        f"the leads, both of two here ({LEAD_AGREEMENTS[-1]:g}: never). Selected: the best mean coverage over em and ma at 12 and 6 dB "
         f"among levels whose mean +P there and whose +P on the unmodified records lie within {MAX_PPV_COST:g} of "
         f"the test switched off: **{agreement_choice[1]:g}** (library: {config.min_lead_agreement:g}).", "",
         *table("min_lead_agreement"), "",

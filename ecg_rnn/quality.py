@@ -26,8 +26,8 @@ one in the caller's order) unless another clean lead is clearly less likely nois
 neither adds nor removes beats. A beat only one lead found, splitting a cycle that another lead saw
 whole (both its cycles shorter than max_split_share of the local median cycle), is dropped: electrode
 motion on one lead fakes such beats between true ones. Windows where every lead is noisy are noise
-segments, unless the leads still agree on the beats (at least min_lead_agreement of them found by two
-leads or more: muscle noise that leaves every QRS readable); their beats come from the least noisy
+segments, unless the leads still agree on the beats (at least min_lead_agreement of them found by a
+majority of the leads: muscle noise that leaves every QRS readable); their beats come from the least noisy
 lead, and the segments are returned so that later stages can leave them out. The reported
 R-peak is the preferred lead's, so R-peaks only move to another lead's QRS extremum where they must.
 
@@ -63,8 +63,8 @@ class QualityConfig:
     # cycles are shorter than this share of the local median cycle (0: keep every voted beat)
     max_split_share: float = 0.75
     # where every lead is noisy, the window stays readable (no noise segment) when at least this share of
-    # its beats were found by two leads or more: independent noise rarely fakes the same beat in two
-    # leads (above 1: every such window is a noise segment; a single lead has no agreement)
+    # its beats were found by a majority of the leads: independent noise rarely fakes the same beat in
+    # several leads (above 1: every such window is a noise segment; a single lead has no agreement)
     min_lead_agreement: float = 0.8
 
 
@@ -164,7 +164,8 @@ def fuse_leads(leads: np.ndarray, fs: float, config: QualityConfig = QualityConf
 
 def lead_agreement(peaks: Sequence[np.ndarray], windows: int, window: int, tolerance: int) -> np.ndarray:
     """Per window: the share of its beats (peaks of all leads, those closer than tolerance being one
-    beat) that two leads or more found; 0 with a single lead, 1 where no lead found a beat."""
+    beat) that more than half of the leads found (both of two); 0 with a single lead, 1 where no lead
+    found a beat. A majority, not any two: with many leads, noise beats of two leads coincide by chance."""
     sample = np.concatenate([np.asarray(p, dtype=np.int64) for p in peaks])
     if len(peaks) < 2:
         return np.zeros(windows) if len(sample) else np.ones(windows)
@@ -178,7 +179,7 @@ def lead_agreement(peaks: Sequence[np.ndarray], windows: int, window: int, toler
     first = np.r_[0, np.flatnonzero(np.diff(beat)) + 1]
     win = np.minimum(sample[first] // window, windows - 1)
     beats = np.bincount(win, minlength=windows)
-    shared = np.bincount(win, weights=leads_per_beat >= 2, minlength=windows)
+    shared = np.bincount(win, weights=2 * leads_per_beat > len(peaks), minlength=windows)
     return np.where(beats > 0, shared / np.maximum(beats, 1), 1.0)
 
 

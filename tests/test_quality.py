@@ -205,13 +205,15 @@ def test_the_split_test_keeps_every_annotated_beat_of_a_record_with_frequent_ven
     assert true_dropped == []
 
 
-def test_lead_agreement_is_the_share_of_beats_two_leads_found():
+def test_lead_agreement_is_the_share_of_beats_a_majority_of_leads_found():
     window, tolerance = 1000, 10
     same = np.array([100, 400, 700, 1300])
     assert np.allclose(quality.lead_agreement([same, same + 5], 2, window, tolerance), [1.0, 1.0])
     half = quality.lead_agreement([np.array([100, 400]), np.array([100, 700])], 2, window, tolerance)
     assert np.allclose(half, [1 / 3, 1.0])  # beats 100 (both), 400 and 700 (one lead each); no beat in window 2
     assert np.allclose(quality.lead_agreement([same], 2, window, tolerance), [0.0, 0.0])  # one lead: no witness
+    four = [same, same, np.array([400]), np.array([100])]  # 100: 3 of 4 leads; 400: 3 of 4; 700, 1300: 2 of 4
+    assert np.allclose(quality.lead_agreement(four, 2, window, tolerance), [2 / 3, 0.0])  # a majority, not two
 
 
 def test_muscle_noise_on_both_leads_stays_readable_where_the_leads_agree_on_the_beats():
