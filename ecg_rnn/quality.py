@@ -166,21 +166,28 @@ def lead_agreement(peaks: Sequence[np.ndarray], windows: int, window: int, toler
     """Per window: the share of its beats (peaks of all leads, those closer than tolerance being one
     beat) that more than half of the leads found (both of two); 0 with a single lead, 1 where no lead
     found a beat. A majority, not any two: with many leads, noise beats of two leads coincide by chance."""
-    sample = np.concatenate([np.asarray(p, dtype=np.int64) for p in peaks])
-    if len(peaks) < 2:
-        return np.zeros(windows) if len(sample) else np.ones(windows)
+    sample, lead, beat, first = _grouped(peaks, tolerance)
     if len(sample) == 0:
         return np.ones(windows)
-    lead = np.concatenate([np.full(len(p), k, np.int64) for k, p in enumerate(peaks)])
-    order = np.argsort(sample, kind="stable")
-    sample, lead = sample[order], lead[order]
-    beat = np.r_[0, np.cumsum(np.diff(sample) > tolerance)]
+    if len(peaks) < 2:
+        return np.zeros(windows)
     leads_per_beat = np.bincount(np.unique(beat * len(peaks) + lead) // len(peaks), minlength=beat[-1] + 1)
-    first = np.r_[0, np.flatnonzero(np.diff(beat)) + 1]
     win = np.minimum(sample[first] // window, windows - 1)
     beats = np.bincount(win, minlength=windows)
     shared = np.bincount(win, weights=2 * leads_per_beat > len(peaks), minlength=windows)
     return np.where(beats > 0, shared / np.maximum(beats, 1), 1.0)
+
+
+def _grouped(peaks: Sequence[np.ndarray], tolerance: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Peaks of all leads in time order (sample, lead), the beat each belongs to (peaks closer than
+    tolerance are one beat) and the index of each beat's first peak."""
+    sample = np.concatenate([np.asarray(p, dtype=np.int64) for p in peaks])
+    lead = np.concatenate([np.full(len(p), k, np.int64) for k, p in enumerate(peaks)])
+    order = np.lexsort((lead, sample))
+    sample, lead = sample[order], lead[order]
+    beat = np.r_[0, np.cumsum(np.diff(sample) > tolerance)] if len(sample) else np.zeros(0, np.int64)
+    first = np.r_[0, np.flatnonzero(np.diff(beat)) + 1] if len(sample) else np.zeros(0, np.int64)
+    return sample, lead, beat, first
 
 
 def _vote(peaks: list[np.ndarray], noisy: np.ndarray, tie_break: np.ndarray, preferred: np.ndarray,
@@ -193,15 +200,10 @@ def _vote(peaks: list[np.ndarray], noisy: np.ndarray, tie_break: np.ndarray, pre
     the least noisy) decides alone. The reported sample is the preferred lead's peak when it found the beat, else that
     of the voter with the lowest index.
     """
-    sample = np.concatenate(peaks).astype(np.int64)
-    lead = np.concatenate([np.full(len(p), k, np.int64) for k, p in enumerate(peaks)])
+    sample, lead, beat, first = _grouped(peaks, tolerance)
     if len(sample) == 0:
         return sample, lead
-    order = np.lexsort((lead, sample))
-    sample, lead = sample[order], lead[order]
-    beat = np.r_[0, np.cumsum(np.diff(sample) > tolerance)]
     beats = beat[-1] + 1
-    first = np.r_[0, np.flatnonzero(np.diff(beat)) + 1]
     win = np.minimum(sample[first] // window, len(preferred) - 1)[beat]  # each peak judged in its beat's window
     all_noisy = noisy.all(axis=1)[win]
     voter = ~noisy[win, lead] | (all_noisy & (lead == tie_break[win]))
