@@ -40,6 +40,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from scipy import fft as sp_fft
@@ -154,11 +155,11 @@ def fuse_leads(leads: np.ndarray, fs: float, config: QualityConfig = QualityConf
     window = int(round(config.window_s * fs))
     lead_peaks = [p for _, _, p in per_lead]
     tolerance = int(round(_FUSE_TOLERANCE_S * fs))
-    samples, lead = _vote(lead_peaks, noisy, tie_break, preferred, window, tolerance)
+    grouped = _grouped(lead_peaks, tolerance)  # the vote and the lead agreement judge the same beats
+    samples, lead = _vote(grouped, noisy, tie_break, preferred, window)
     keep = ~_split_cycles(samples, lead_peaks, tolerance, config.max_split_share)
     samples, lead = samples[keep], lead[keep]
-    unreadable = noisy.all(axis=1) & (lead_agreement(lead_peaks, len(noisy), window, tolerance)
-                                      < config.min_lead_agreement)
+    unreadable = noisy.all(axis=1) & (_agreement(grouped, len(noisy), window) < config.min_lead_agreement)
     return FusedPeaks(samples, lead, noisy, noise_segments(unreadable, config.window_s, len(x) / fs), probability)
 
 
@@ -166,53 +167,67 @@ def lead_agreement(peaks: Sequence[np.ndarray], windows: int, window: int, toler
     """Per window: the share of its beats (peaks of all leads, those closer than tolerance being one
     beat) that more than half of the leads found (both of two); 0 with a single lead, 1 where no lead
     found a beat. A majority, not any two: with many leads, noise beats of two leads coincide by chance."""
-    sample, lead, beat, first = _grouped(peaks, tolerance)
+    return _agreement(_grouped(peaks, tolerance), windows, window)
+
+
+def _agreement(grouped: _Grouped, windows: int, window: int) -> np.ndarray:
+    """lead_agreement of peaks already grouped into beats."""
+    sample, lead, beat, first, leads = grouped
     if len(sample) == 0:
         return np.ones(windows)
-    if len(peaks) < 2:
+    if leads < 2:
         return np.zeros(windows)
-    leads_per_beat = np.bincount(np.unique(beat * len(peaks) + lead) // len(peaks), minlength=beat[-1] + 1)
+    leads_per_beat = np.bincount(np.unique(beat * leads + lead) // leads, minlength=beat[-1] + 1)
     win = np.minimum(sample[first] // window, windows - 1)
     beats = np.bincount(win, minlength=windows)
-    shared = np.bincount(win, weights=2 * leads_per_beat > len(peaks), minlength=windows)
+    shared = np.bincount(win, weights=2 * leads_per_beat > leads, minlength=windows)
     return np.where(beats > 0, shared / np.maximum(beats, 1), 1.0)
 
 
-def _grouped(peaks: Sequence[np.ndarray], tolerance: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Peaks of all leads in time order (sample, lead), the beat each belongs to (peaks closer than
-    tolerance are one beat) and the index of each beat's first peak."""
+class _Grouped(NamedTuple):
+    """Peaks of all leads in time order, and the beats they form."""
+
+    sample: np.ndarray  # int64 per peak
+    lead: np.ndarray  # int64 per peak: the lead that found it
+    beat: np.ndarray  # int64 per peak: its beat (peaks closer than the tolerance are one beat)
+    first: np.ndarray  # int64 per beat: the index of its first peak
+    leads: int  # how many leads were given
+
+
+def _grouped(peaks: Sequence[np.ndarray], tolerance: int) -> _Grouped:
+    """The peaks of every lead grouped into beats."""
     sample = np.concatenate([np.asarray(p, dtype=np.int64) for p in peaks])
     lead = np.concatenate([np.full(len(p), k, np.int64) for k, p in enumerate(peaks)])
     order = np.lexsort((lead, sample))
     sample, lead = sample[order], lead[order]
     beat = np.r_[0, np.cumsum(np.diff(sample) > tolerance)] if len(sample) else np.zeros(0, np.int64)
     first = np.r_[0, np.flatnonzero(np.diff(beat)) + 1] if len(sample) else np.zeros(0, np.int64)
-    return sample, lead, beat, first
+    return _Grouped(sample, lead, beat, first, len(peaks))
 
 
-def _vote(peaks: list[np.ndarray], noisy: np.ndarray, tie_break: np.ndarray, preferred: np.ndarray,
-          window: int, tolerance: int) -> tuple[np.ndarray, np.ndarray]:
+def _vote(grouped: _Grouped, noisy: np.ndarray, tie_break: np.ndarray, preferred: np.ndarray,
+          window: int) -> tuple[np.ndarray, np.ndarray]:
     """Fused R-peak samples and the lead each is taken from.
 
-    Peaks of all leads are grouped into beats (peaks closer than tolerance); each beat is judged in
+    Peaks of all leads are grouped into beats (peaks closer than the tolerance); each beat is judged in
     the window of its earliest peak: it is kept when more than half of the clean leads found it, or
     exactly half including the tie_break lead; where every lead is noisy, the tie_break lead (then
     the least noisy) decides alone. The reported sample is the preferred lead's peak when it found the beat, else that
     of the voter with the lowest index.
     """
-    sample, lead, beat, first = _grouped(peaks, tolerance)
+    sample, lead, beat, first, leads = grouped
     if len(sample) == 0:
         return sample, lead
     beats = beat[-1] + 1
     win = np.minimum(sample[first] // window, len(preferred) - 1)[beat]  # each peak judged in its beat's window
     all_noisy = noisy.all(axis=1)[win]
     voter = ~noisy[win, lead] | (all_noisy & (lead == tie_break[win]))
-    voting_pairs = np.unique(beat[voter] * len(peaks) + lead[voter])  # a lead votes once per beat
-    votes = np.bincount(voting_pairs // len(peaks), minlength=beats)
+    voting_pairs = np.unique(beat[voter] * leads + lead[voter])  # a lead votes once per beat
+    votes = np.bincount(voting_pairs // leads, minlength=beats)
     needed = np.where(all_noisy, 1, (~noisy).sum(axis=1)[win])[first]
     has_tie_break = np.bincount(beat, weights=voter & (lead == tie_break[win]), minlength=beats) > 0
     keep = (2 * votes > needed) | ((2 * votes == needed) & has_tie_break)
-    rank = np.where(voter, np.where(lead == preferred[win], -1, lead), len(peaks))
+    rank = np.where(voter, np.where(lead == preferred[win], -1, lead), leads)
     pick = np.lexsort((rank, beat))
     chosen = pick[np.r_[0, np.flatnonzero(np.diff(beat[pick])) + 1]]
     return sample[chosen][keep], lead[chosen][keep]
