@@ -66,6 +66,8 @@ SPLIT_KINDS = ("em", "ma")  # the noise kinds that fake beats
 MAX_TRUE_BEATS_LOST = 1e-4  # per reference beat of the unmodified records: the test may cost at most this
 # QualityConfig.min_lead_agreement: the grid (the last: never readable), and how much +P it may cost
 LEAD_AGREEMENTS = (0.6, 0.7, 0.8, 0.9, 1.01)
+# QualityConfig (template_cycle_share, min_template_correlation): the grid ((0, 0): no template test)
+TEMPLATE_TESTS = ((0.0, 0.0), *((share, r) for share in (0.4, 0.5, 0.6, 0.7) for r in (0.6, 0.7, 0.8)))
 MAX_PPV_COST = 0.001
 FIT_SNRS_DB = (6.0, 0.0)  # noisy windows the quality model learns from (em and ma)
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)  # candidate noise-probability thresholds
@@ -595,13 +597,20 @@ def stress_record(rec: Loaded, config: quality.QualityConfig, seed: int) -> dict
     return out
 
 
-def fusion_variants(config: quality.QualityConfig) -> dict[tuple[str, float], quality.QualityConfig]:
-    """The fusion settings the DS1 selection compares: every phantom-test share (the library's lead
-    agreement), and every lead-agreement level (the library's share)."""
+def fusion_variants(config: quality.QualityConfig) -> dict[tuple[str, object], quality.QualityConfig]:
+    """The fusion settings the DS1 selection compares, each with the library's other settings: every
+    phantom-test share, every lead-agreement level, every template test."""
     out = {("max_split_share", share): dataclasses.replace(config, max_split_share=share) for share in SPLIT_SHARES}
     out.update({("min_lead_agreement", level): dataclasses.replace(config, min_lead_agreement=level)
                 for level in LEAD_AGREEMENTS})
+    out.update({("template_test", test): dataclasses.replace(config, template_cycle_share=test[0],
+                                                              min_template_correlation=test[1])
+                for test in TEMPLATE_TESTS})
     return out
+
+
+def _setting(value) -> str:
+    return " / ".join(f"{v:g}" for v in value) if isinstance(value, tuple) else f"{value:g}"
 
 
 def fusion_counts(rec: Loaded, config: quality.QualityConfig, seed: int
@@ -650,10 +659,15 @@ def fusion_tables(loaded: dict[str, Loaded], config: quality.QualityConfig, seed
     mean_p = {v: float(np.mean([plus_p(k, s, v) for k, s in judged])) for v in fusion_variants(config)}
     mean_coverage = {v: float(np.mean([coverage(k, s, v) for k, s in judged])) for v in fusion_variants(config)}
     clean = ("clean", np.inf)
-    off_split = ("max_split_share", 0.0)
-    lost = {v: (totals[(*clean, off_split)][1] - totals[(*clean, v)][1]) / max(totals[(*clean, off_split)][0], 1)
-            for v in fusion_variants(config) if v[0] == "max_split_share"}
-    split_choice = max((v for v in lost if lost[v] <= MAX_TRUE_BEATS_LOST), key=lambda v: (mean_p[v], v[1]))
+    off = {"max_split_share": ("max_split_share", 0.0), "template_test": ("template_test", TEMPLATE_TESTS[0])}
+    lost = {v: (totals[(*clean, off[v[0]])][1] - totals[(*clean, v)][1]) / max(totals[(*clean, off[v[0]])][0], 1)
+            for v in fusion_variants(config) if v[0] in off}
+
+    def phantom_choice(setting: str) -> tuple:
+        return max((v for v in lost if v[0] == setting and lost[v] <= MAX_TRUE_BEATS_LOST),
+                   key=lambda v: (mean_p[v], v[1]))
+
+    split_choice, template_choice = phantom_choice("max_split_share"), phantom_choice("template_test")
     off_agreement = ("min_lead_agreement", LEAD_AGREEMENTS[-1])
     kept = [v for v in fusion_variants(config) if v[0] == "min_lead_agreement"
             and mean_p[v] >= mean_p[off_agreement] - MAX_PPV_COST
@@ -664,7 +678,7 @@ def fusion_tables(loaded: dict[str, Loaded], config: quality.QualityConfig, seed
     columns += ["mean coverage, em/ma 12 and 6 dB", "mean +P, em/ma 12 and 6 dB"]
 
     def table(setting: str) -> list[str]:
-        with_loss = setting == "max_split_share"
+        with_loss = setting in off
         names = [setting, *columns] + (["true beats lost, unmodified"] if with_loss else [])
         lines = ["| " + " | ".join(names) + " |", "|---|" + "---:|" * (len(names) - 1)]
         for v in fusion_variants(config):
@@ -673,8 +687,8 @@ def fusion_tables(loaded: dict[str, Loaded], config: quality.QualityConfig, seed
             cells = [f"{coverage(k, s, v):.4f} / {plus_p(k, s, v):.4f}" for k, s in rows]
             cells += [f"{mean_coverage[v]:.4f}", f"{mean_p[v]:.4f}"]
             if with_loss:
-                cells.append(f"{totals[(*clean, off_split)][1] - totals[(*clean, v)][1]} ({lost[v]:.1e})")
-            lines.append(f"| {v[1]:g} | " + " | ".join(cells) + " |")
+                cells.append(f"{totals[(*clean, off[setting])][1] - totals[(*clean, v)][1]} ({lost[v]:.1e})")
+            lines.append(f"| {_setting(v[1])} | " + " | ".join(cells) + " |")
         return lines
 
     return [
@@ -694,6 +708,13 @@ def fusion_tables(loaded: dict[str, Loaded], config: quality.QualityConfig, seed
         f"among levels whose mean +P there and whose +P on the unmodified records lie within {MAX_PPV_COST:g} of "
         f"the test switched off: **{agreement_choice[1]:g}** (library: {config.min_lead_agreement:g}).", "",
         *table("min_lead_agreement"), "",
+        "**Phantom beats: the template test** (`template_cycle_share / min_template_correlation`; the library's "
+        "other settings). A beat one lead alone found, with a cycle on either side shorter than the share of the "
+        "local median cycle, is dropped when its 1-40 Hz QRS (0.1 s either side) correlates with no lead's "
+        "template (the median of the beats every lead found) above the correlation (0 / 0: off). Selected as "
+        f"the split test: **{_setting(template_choice[1])}** (library: "
+        f"{_setting((config.template_cycle_share, config.min_template_correlation))}).", "",
+        *table("template_test"), "",
     ]
 
 

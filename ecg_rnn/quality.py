@@ -25,7 +25,11 @@ when more than half of the clean leads found it, ties going to the preferred lea
 one in the caller's order) unless another clean lead is clearly less likely noisy: noise on one lead
 neither adds nor removes beats. A beat only one lead found, splitting a cycle that another lead saw
 whole (both its cycles shorter than max_split_share of the local median cycle), is dropped: electrode
-motion on one lead fakes such beats between true ones. Windows where every lead is noisy are noise
+motion on one lead fakes such beats between true ones. So is a beat only one lead found, close to a
+neighbour (a cycle shorter than template_cycle_share of the local median), whose QRS correlates with no
+lead's template (the median of the beats every lead found) above min_template_correlation: template
+matching is Clifford's tSQI applied to one beat; an early ventricular beat that only one lead shows
+matches no template either, but the other lead almost always shows it, so the test asks for both. Windows where every lead is noisy are noise
 segments, unless the leads still agree on the beats (at least min_lead_agreement of them found by a
 majority of the leads: muscle noise that leaves every QRS readable); their beats come from the least noisy
 lead, and the segments are returned so that later stages can leave them out. The reported
@@ -67,6 +71,11 @@ class QualityConfig:
     # its beats were found by a majority of the leads: independent noise rarely fakes the same beat in
     # several leads (above 1: every such window is a noise segment; a single lead has no agreement)
     min_lead_agreement: float = 0.8
+    # a beat one lead alone found, with a cycle on either side shorter than this share of the local median
+    # cycle, is a phantom when its QRS matches the record's own beats in no lead: correlation with each
+    # lead's template below min_template_correlation (0: no template test)
+    template_cycle_share: float = 0.6
+    min_template_correlation: float = 0.7
 
 
 @dataclass(frozen=True)
@@ -83,6 +92,9 @@ class FusedPeaks:
 _FUSE_TOLERANCE_S = 0.1  # peaks of different leads this close are one beat (QRS extrema differ by lead)
 _LEAD_THREADS = 2  # leads judged at once (the machines this targets have two cores or more)
 _SPLIT_CONTEXT_CYCLES = 21  # the local median cycle of a phantom's test spans this many cycles
+_TEMPLATE_HALF_S = 0.1  # the template test compares the 1-40 Hz signal within this of the R-peak
+_TEMPLATE_MIN_BEATS = 8  # fewer beats found by every lead than this: no template, no test
+_TEMPLATE_MAX_BEATS = 300  # the template is the median of at most this many of them, evenly spread
 _TIE_MARGIN = 0.5  # a clean lead this much less likely noisy than the preferred one settles ties
 _WORK_FS = 100.0  # features are computed after decimating by the largest integer keeping this rate
 _BAND_HZ = (1.0, 40.0)  # kurtosis and RMS are taken on this band (baseline and mains removed)
@@ -158,6 +170,8 @@ def fuse_leads(leads: np.ndarray, fs: float, config: QualityConfig = QualityConf
     grouped = _grouped(lead_peaks, tolerance)  # the vote and the lead agreement judge the same beats
     samples, lead = _vote(grouped, noisy, tie_break, preferred, window)
     keep = ~_split_cycles(samples, lead_peaks, tolerance, config.max_split_share)
+    samples, lead = samples[keep], lead[keep]
+    keep = ~_template_mismatches(x, fs, samples, lead_peaks, tolerance, config)
     samples, lead = samples[keep], lead[keep]
     unreadable = noisy.all(axis=1) & (_agreement(grouped, len(noisy), window) < config.min_lead_agreement)
     return FusedPeaks(samples, lead, noisy, noise_segments(unreadable, config.window_s, len(x) / fs), probability)
@@ -250,6 +264,49 @@ def _split_cycles(samples: np.ndarray, lead_peaks: list[np.ndarray], tolerance: 
     before = np.r_[np.inf, cycles / local]
     after = np.r_[cycles / local, np.inf]
     return alone & (others & neighbours_seen).any(axis=1) & (before < max_share) & (after < max_share)
+
+
+def _template_mismatches(x: np.ndarray, fs: float, samples: np.ndarray, lead_peaks: list[np.ndarray],
+                         tolerance: int, config: QualityConfig) -> np.ndarray:
+    """Per fused beat: True where exactly one lead found it, a cycle on either side is shorter than
+    template_cycle_share of the local median, and its QRS correlates with no lead's template above
+    min_template_correlation."""
+    none = np.zeros(len(samples), bool)
+    if config.template_cycle_share <= 0 or len(lead_peaks) < 2 or len(samples) < 3:
+        return none
+    found = np.column_stack([_within(samples, np.asarray(p, dtype=np.int64), tolerance) for p in lead_peaks])
+    cycles = np.diff(samples).astype(np.float64)
+    ratio = cycles / median_filter(cycles, size=_SPLIT_CONTEXT_CYCLES, mode="nearest")
+    close = np.minimum(np.r_[np.inf, ratio], np.r_[ratio, np.inf]) < config.template_cycle_share
+    suspects = np.flatnonzero((found.sum(axis=1) == 1) & close)
+    agreed = np.flatnonzero(found.all(axis=1))
+    if len(suspects) == 0 or len(agreed) < _TEMPLATE_MIN_BEATS:
+        return none
+    agreed = agreed[np.linspace(0, len(agreed) - 1, min(len(agreed), _TEMPLATE_MAX_BEATS)).astype(int)]
+    best = np.full(len(suspects), -1.0)
+    for lead in range(x.shape[1]):
+        windows = _qrs_windows(x[:, lead], fs, samples[np.r_[agreed, suspects]])
+        template = np.median(windows[:len(agreed)], axis=0)
+        best = np.maximum(best, _correlation(windows[len(agreed):], template))
+    out = none.copy()
+    out[suspects] = best < config.min_template_correlation
+    return out
+
+
+def _qrs_windows(x: np.ndarray, fs: float, samples: np.ndarray) -> np.ndarray:
+    """The 1-40 Hz signal within _TEMPLATE_HALF_S of each sample, at the working rate."""
+    q = max(1, int(fs // _WORK_FS))
+    band = _band_limiter(_decimate(x, q), fs / q)(*_BAND_HZ)
+    half = max(1, int(round(_TEMPLATE_HALF_S * fs / q)))
+    centres = np.clip(np.asarray(samples) // q, half, max(half, len(band) - half - 1))
+    return band[np.clip(centres[:, None] + np.arange(-half, half + 1), 0, len(band) - 1)]
+
+
+def _correlation(windows: np.ndarray, template: np.ndarray) -> np.ndarray:
+    """Pearson correlation of each row with the template."""
+    a = windows - windows.mean(axis=1, keepdims=True)
+    b = template - template.mean()
+    return a @ b / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b), 1e-12)
 
 
 def _within(samples: np.ndarray, peaks: np.ndarray, tolerance: int) -> np.ndarray:

@@ -164,6 +164,11 @@ def _with_extra_peak(peaks: np.ndarray, at: int) -> np.ndarray:
     return np.sort(np.r_[peaks, at])
 
 
+SPLIT_ONLY = quality.QualityConfig(template_cycle_share=0.0)
+TEMPLATE_ONLY = quality.QualityConfig(max_split_share=0.0)
+NO_PHANTOM_TEST = quality.QualityConfig(max_split_share=0.0, template_cycle_share=0.0)
+
+
 def test_a_beat_one_lead_alone_finds_mid_cycle_is_dropped_only_when_another_lead_saw_the_cycle_whole():
     x, fs, _, _ = _sample("100")
     x = x[: int(60 * fs)]
@@ -171,34 +176,59 @@ def test_a_beat_one_lead_alone_finds_mid_cycle_is_dropped_only_when_another_lead
     assert quality.fuse_leads(x, fs, peaks=peaks).samples.size == peaks[0].size
     middle = int((peaks[0][30] + peaks[0][31]) // 2)  # splits a sinus cycle in two halves
     phantom = [_with_extra_peak(peaks[0], middle), peaks[1]]
-    assert middle not in quality.fuse_leads(x, fs, peaks=phantom).samples  # lead 1 saw the cycle whole
-    off = quality.QualityConfig(max_split_share=0.0)
-    assert middle in quality.fuse_leads(x, fs, off, peaks=phantom).samples  # the test switched off keeps it
+    assert middle not in quality.fuse_leads(x, fs, SPLIT_ONLY, peaks=phantom).samples  # lead 1 saw the cycle whole
+    assert middle in quality.fuse_leads(x, fs, NO_PHANTOM_TEST, peaks=phantom).samples  # tests off: kept
     both = [_with_extra_peak(peaks[0], middle), _with_extra_peak(peaks[1], middle)]
     assert middle in quality.fuse_leads(x, fs, peaks=both).samples  # both leads agree: a real early beat
     dead = [_with_extra_peak(peaks[0], middle), np.zeros(0, np.int64)]
     assert middle in quality.fuse_leads(x, fs, peaks=dead).samples  # a dead lead is no witness
     late = int(peaks[0][30] + 0.8 * (peaks[0][31] - peaks[0][30]))  # a long cycle before it: not a split
-    assert late in quality.fuse_leads(x, fs, peaks=[_with_extra_peak(peaks[0], late), peaks[1]]).samples
+    assert late in quality.fuse_leads(x, fs, SPLIT_ONLY, peaks=[_with_extra_peak(peaks[0], late), peaks[1]]).samples
 
 
-def test_electrode_motion_on_both_leads_fakes_fewer_beats_and_the_test_drops_no_true_one():
+def test_a_beat_one_lead_alone_finds_close_to_a_neighbour_is_dropped_when_its_shape_matches_no_template():
+    x, fs, _, _ = _sample("100")
+    x = x[: int(60 * fs)]
+    peaks = [detect_r_peaks(x[:, lead], fs) for lead in range(2)]
+    # 0.2 of a cycle after a beat: its cycle before is short, but the one after is not (the split test keeps it)
+    early = int(peaks[0][30] + 0.2 * (peaks[0][31] - peaks[0][30]))
+    lone = [_with_extra_peak(peaks[0], early), peaks[1]]
+    assert early in quality.fuse_leads(x, fs, SPLIT_ONLY, peaks=lone).samples
+    assert early not in quality.fuse_leads(x, fs, TEMPLATE_ONLY, peaks=lone).samples  # the ST segment is no QRS
+    # the same beat where a lead shows a QRS: a copy of the next beat moved there matches the template
+    shifted = x.copy()
+    width = int(0.15 * fs)
+    shifted[early - width:early + width, 0] = x[peaks[0][31] - width:peaks[0][31] + width, 0]
+    assert early in quality.fuse_leads(shifted, fs, TEMPLATE_ONLY, peaks=lone).samples
+    # a beat both leads found, or one farther from its neighbours, is never tested
+    both = [_with_extra_peak(peaks[0], early), _with_extra_peak(peaks[1], early)]
+    assert early in quality.fuse_leads(x, fs, TEMPLATE_ONLY, peaks=both).samples
+    strict = quality.QualityConfig(max_split_share=0.0, template_cycle_share=0.15)
+    assert early in quality.fuse_leads(x, fs, strict, peaks=lone).samples
+
+
+@pytest.mark.parametrize("test", [SPLIT_ONLY, TEMPLATE_ONLY], ids=["split", "template"])
+def test_electrode_motion_on_both_leads_fakes_fewer_beats_and_the_test_drops_no_true_one(test):
     x, fs, reference, mask = _excerpt_with_noise("100", "em", 12.0, leads=(0, 1))
     peaks = [detect_r_peaks(x[:, lead], fs) for lead in range(2)]
-    with_test = quality.fuse_leads(x, fs, peaks=peaks).samples
-    without = quality.fuse_leads(x, fs, quality.QualityConfig(max_split_share=0.0), peaks=peaks).samples
-    dropped = np.setdiff1d(without, with_test)
-    assert len(dropped) >= 5
-    assert np.min(np.abs(dropped[:, None] - reference[None, :]), axis=1).min() > TOLERANCE_S * fs  # all phantoms
+    with_test = quality.fuse_leads(x, fs, test, peaks=peaks).samples
+    without = quality.fuse_leads(x, fs, NO_PHANTOM_TEST, peaks=peaks).samples
+    assert len(np.setdiff1d(without, with_test)) >= 5
+    assert np.isin(with_test, without).all()
+
+    def matched(found: np.ndarray) -> np.ndarray:
+        return np.min(np.abs(reference[:, None] - found[None, :]), axis=1) <= TOLERANCE_S * fs
+
+    assert (matched(with_test) == matched(without)).all()  # every reference beat found before still is
     in_noise = reference[mask[reference]]
     assert _se_ppv(in_noise, with_test[mask[with_test]], fs)[1] > _se_ppv(in_noise, without[mask[without]], fs)[1]
 
 
-def test_the_split_test_keeps_every_annotated_beat_of_a_record_with_frequent_ventricular_ectopy():
+def test_the_phantom_tests_keep_every_annotated_beat_of_a_record_with_frequent_ventricular_ectopy():
     x, fs, reference, _ = _sample("208")
     peaks = [detect_r_peaks(x[:, lead], fs) for lead in range(2)]
     with_test = quality.fuse_leads(x, fs, peaks=peaks).samples
-    without = quality.fuse_leads(x, fs, quality.QualityConfig(max_split_share=0.0), peaks=peaks).samples
+    without = quality.fuse_leads(x, fs, NO_PHANTOM_TEST, peaks=peaks).samples
     dropped = np.setdiff1d(without, with_test)
     assert np.isin(with_test, without).all()
     true_dropped = [d for d in dropped if np.min(np.abs(reference - d)) <= TOLERANCE_S * fs]
@@ -223,7 +253,9 @@ def test_muscle_noise_on_both_leads_stays_readable_where_the_leads_agree_on_the_
 
     def readable_and_beats(min_lead_agreement: float) -> tuple[float, float, float]:
         """Share of the noisy stretches left readable, and Se / +P of the beats there."""
-        fused = quality.fuse_leads(x, fs, quality.QualityConfig(min_lead_agreement=min_lead_agreement), peaks=peaks)
+        # the template test off: this test judges the agreement alone (with it, fewer phantoms are left to show)
+        config = quality.QualityConfig(min_lead_agreement=min_lead_agreement, template_cycle_share=0.0)
+        fused = quality.fuse_leads(x, fs, config, peaks=peaks)
         ok = np.ones(len(x), bool)
         for start, end in fused.noise_segments:
             ok &= ~((t >= start) & (t < end))
