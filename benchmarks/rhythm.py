@@ -67,7 +67,7 @@ MAX_TRUE_BEATS_LOST = 1e-4  # per reference beat of the unmodified records: the 
 # QualityConfig.min_lead_agreement: the grid (the last: never readable), and how much +P it may cost
 LEAD_AGREEMENTS = (0.6, 0.7, 0.8, 0.9, 1.01)
 # QualityConfig (template_cycle_share, min_template_correlation): the grid ((0, 0): no template test)
-TEMPLATE_TESTS = ((0.0, 0.0), *((share, r) for share in (0.4, 0.5, 0.6, 0.7) for r in (0.6, 0.7, 0.8)))
+TEMPLATE_TESTS = ((0.0, 0.0), *((share, r) for share in (0.4, 0.5, 0.6, 0.7, 0.8) for r in (0.6, 0.7, 0.8)))
 MAX_PPV_COST = 0.001
 FIT_SNRS_DB = (6.0, 0.0)  # noisy windows the quality model learns from (em and ma)
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)  # candidate noise-probability thresholds

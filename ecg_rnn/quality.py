@@ -27,9 +27,9 @@ neither adds nor removes beats. A beat only one lead found, splitting a cycle th
 whole (both its cycles shorter than max_split_share of the local median cycle), is dropped: electrode
 motion on one lead fakes such beats between true ones. So is a beat only one lead found, close to a
 neighbour (a cycle shorter than template_cycle_share of the local median), whose QRS correlates with no
-lead's template (the median of the beats every lead found) above min_template_correlation, when the
-leads that missed it are clean there: template matching is Clifford's tSQI applied to one beat; an early
-ventricular beat matches no template either, but a clean lead almost always shows it too. Windows
+lead's template (the median of the beats every lead found) above min_template_correlation, unless a
+clean lead found it and only noisy leads missed it: template matching is Clifford's tSQI applied to one
+beat; an early ventricular beat matches no template either, but a clean lead almost always shows it too. Windows
 where every lead is noisy are noise segments, unless the leads still agree on the beats (at least min_lead_agreement of them found by a
 majority of the leads: muscle noise that leaves every QRS readable); their beats come from the least noisy
 lead, and the segments are returned so that later stages can leave them out. The reported
@@ -268,9 +268,10 @@ def _split_cycles(samples: np.ndarray, lead_peaks: list[np.ndarray], tolerance: 
 
 def _template_mismatches(x: np.ndarray, fs: float, samples: np.ndarray, lead_peaks: list[np.ndarray],
                          tolerance: int, noisy: np.ndarray, window: int, config: QualityConfig) -> np.ndarray:
-    """Per fused beat: True where exactly one lead found it, every lead that did not is clean there (a
-    noisy lead missing a beat is no evidence), a cycle on either side is shorter than template_cycle_share
-    of the local median, and its QRS correlates with no lead's template above min_template_correlation."""
+    """Per fused beat: True where exactly one lead found it, a cycle on either side is shorter than
+    template_cycle_share of the local median, its QRS correlates with no lead's template above
+    min_template_correlation, and it is not a clean lead's beat that only noisy leads missed (a destroyed
+    lead misses real beats; a noisy lead's own beat is what the test is for)."""
     none = np.zeros(len(samples), bool)
     if config.template_cycle_share <= 0 or len(lead_peaks) < 2 or len(samples) < 3:
         return none
@@ -278,8 +279,10 @@ def _template_mismatches(x: np.ndarray, fs: float, samples: np.ndarray, lead_pea
     cycles = np.diff(samples).astype(np.float64)
     ratio = cycles / median_filter(cycles, size=_SPLIT_CONTEXT_CYCLES, mode="nearest")
     close = np.minimum(np.r_[np.inf, ratio], np.r_[ratio, np.inf]) < config.template_cycle_share
-    missed_by_clean_leads = ~(~found & noisy[np.minimum(samples // window, len(noisy) - 1)]).any(axis=1)
-    suspects = np.flatnonzero((found.sum(axis=1) == 1) & close & missed_by_clean_leads)
+    noisy_at = noisy[np.minimum(samples // window, len(noisy) - 1)]
+    # a clean lead's beat that only noisy leads missed is not suspect (their silence is no evidence)
+    vouched = (found & ~noisy_at).any(axis=1) & (~found & noisy_at).any(axis=1)
+    suspects = np.flatnonzero((found.sum(axis=1) == 1) & close & ~vouched)
     agreed = np.flatnonzero(found.all(axis=1))
     if len(suspects) == 0 or len(agreed) < _TEMPLATE_MIN_BEATS:
         return none
