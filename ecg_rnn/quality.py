@@ -27,10 +27,10 @@ neither adds nor removes beats. A beat only one lead found, splitting a cycle th
 whole (both its cycles shorter than max_split_share of the local median cycle), is dropped: electrode
 motion on one lead fakes such beats between true ones. So is a beat only one lead found, close to a
 neighbour (a cycle shorter than template_cycle_share of the local median), whose QRS correlates with no
-lead's template (the median of the beats every lead found) above min_template_correlation, unless a
-clean lead found it and only noisy leads missed it: template matching is Clifford's tSQI applied to one
-beat; an early ventricular beat matches no template either, but a clean lead almost always shows it too. Windows
-where every lead is noisy are noise segments, unless the leads still agree on the beats (at least min_lead_agreement of them found by a
+lead's template (the median of the beats every lead found) above min_template_correlation: template
+matching is Clifford's tSQI applied to one beat; an early ventricular beat that only one lead shows
+matches no template either, but the other lead almost always shows it, so the test asks for both. Windows where every lead is noisy are noise
+segments, unless the leads still agree on the beats (at least min_lead_agreement of them found by a
 majority of the leads: muscle noise that leaves every QRS readable); their beats come from the least noisy
 lead, and the segments are returned so that later stages can leave them out. The reported
 R-peak is the preferred lead's, so R-peaks only move to another lead's QRS extremum where they must.
@@ -171,7 +171,7 @@ def fuse_leads(leads: np.ndarray, fs: float, config: QualityConfig = QualityConf
     samples, lead = _vote(grouped, noisy, tie_break, preferred, window)
     keep = ~_split_cycles(samples, lead_peaks, tolerance, config.max_split_share)
     samples, lead = samples[keep], lead[keep]
-    keep = ~_template_mismatches(x, fs, samples, lead_peaks, tolerance, noisy, window, config)
+    keep = ~_template_mismatches(x, fs, samples, lead_peaks, tolerance, config)
     samples, lead = samples[keep], lead[keep]
     unreadable = noisy.all(axis=1) & (_agreement(grouped, len(noisy), window) < config.min_lead_agreement)
     return FusedPeaks(samples, lead, noisy, noise_segments(unreadable, config.window_s, len(x) / fs), probability)
@@ -267,11 +267,10 @@ def _split_cycles(samples: np.ndarray, lead_peaks: list[np.ndarray], tolerance: 
 
 
 def _template_mismatches(x: np.ndarray, fs: float, samples: np.ndarray, lead_peaks: list[np.ndarray],
-                         tolerance: int, noisy: np.ndarray, window: int, config: QualityConfig) -> np.ndarray:
+                         tolerance: int, config: QualityConfig) -> np.ndarray:
     """Per fused beat: True where exactly one lead found it, a cycle on either side is shorter than
-    template_cycle_share of the local median, its QRS correlates with no lead's template above
-    min_template_correlation, and it is not a clean lead's beat that only noisy leads missed (a destroyed
-    lead misses real beats; a noisy lead's own beat is what the test is for)."""
+    template_cycle_share of the local median, and its QRS correlates with no lead's template above
+    min_template_correlation."""
     none = np.zeros(len(samples), bool)
     if config.template_cycle_share <= 0 or len(lead_peaks) < 2 or len(samples) < 3:
         return none
@@ -279,10 +278,7 @@ def _template_mismatches(x: np.ndarray, fs: float, samples: np.ndarray, lead_pea
     cycles = np.diff(samples).astype(np.float64)
     ratio = cycles / median_filter(cycles, size=_SPLIT_CONTEXT_CYCLES, mode="nearest")
     close = np.minimum(np.r_[np.inf, ratio], np.r_[ratio, np.inf]) < config.template_cycle_share
-    noisy_at = noisy[np.minimum(samples // window, len(noisy) - 1)]
-    # a clean lead's beat that only noisy leads missed is not suspect (their silence is no evidence)
-    vouched = (found & ~noisy_at).any(axis=1) & (~found & noisy_at).any(axis=1)
-    suspects = np.flatnonzero((found.sum(axis=1) == 1) & close & ~vouched)
+    suspects = np.flatnonzero((found.sum(axis=1) == 1) & close)
     agreed = np.flatnonzero(found.all(axis=1))
     if len(suspects) == 0 or len(agreed) < _TEMPLATE_MIN_BEATS:
         return none
