@@ -18,8 +18,9 @@ Quality (--quality): refits the quality model on DS1 (leave-one-record-out figur
 DS1), compares it with the library's weights, and runs the NSTDB-style stress test (synthetic em,
 ma and bw noise at 12, 6 and 0 dB from minute 5 on) on DS1 (tuning) and DS2 (held out): windows
 flagged, beats kept by fuse_leads when one lead is destroyed, noise segments when both are noisy,
-and agreement with MIT-BIH's own noise annotations ('~'); then selects fuse_leads' two settings on DS1
-(max_split_share, the phantom test; min_lead_agreement, when noisy leads stay readable).
+and agreement with MIT-BIH's own noise annotations ('~'); then selects fuse_leads' settings on DS1
+(max_split_share, the split test; min_lead_agreement, when noisy leads stay readable;
+template_cycle_share and min_template_correlation, the template test).
 
 The database is --mitdb, else $MITDB_DIR, else data/mitdb/ if it holds records, else
 ../shared/data/mitdb/.
@@ -639,7 +640,8 @@ def fusion_counts(rec: Loaded, config: quality.QualityConfig, seed: int
 
 
 def fusion_tables(loaded: dict[str, Loaded], config: quality.QualityConfig, seed: int) -> list[str]:
-    """The phantom test's share and the lead-agreement level, selected on DS1 (see the text written)."""
+    """The split test's share, the lead-agreement level and the template test, selected on DS1 (see the
+    text written)."""
     names = [n for n in DS1 if n in loaded]
     totals: dict[tuple, np.ndarray] = {}
     for name in tqdm(names, desc="fusion settings DS1", unit="record"):
@@ -656,12 +658,13 @@ def fusion_tables(loaded: dict[str, Loaded], config: quality.QualityConfig, seed
     def coverage(kind: str, snr: float, variant: tuple) -> float:
         return totals[kind, snr, variant][1] / max(totals[kind, snr, variant][0], 1)
 
-    mean_p = {v: float(np.mean([plus_p(k, s, v) for k, s in judged])) for v in fusion_variants(config)}
-    mean_coverage = {v: float(np.mean([coverage(k, s, v) for k, s in judged])) for v in fusion_variants(config)}
+    variants = fusion_variants(config)
+    mean_p = {v: float(np.mean([plus_p(k, s, v) for k, s in judged])) for v in variants}
+    mean_coverage = {v: float(np.mean([coverage(k, s, v) for k, s in judged])) for v in variants}
     clean = ("clean", np.inf)
     off = {"max_split_share": ("max_split_share", 0.0), "template_test": ("template_test", TEMPLATE_TESTS[0])}
     lost = {v: (totals[(*clean, off[v[0]])][1] - totals[(*clean, v)][1]) / max(totals[(*clean, off[v[0]])][0], 1)
-            for v in fusion_variants(config) if v[0] in off}
+            for v in variants if v[0] in off}
 
     def phantom_choice(setting: str) -> tuple:
         return max((v for v in lost if v[0] == setting and lost[v] <= MAX_TRUE_BEATS_LOST),
@@ -669,7 +672,7 @@ def fusion_tables(loaded: dict[str, Loaded], config: quality.QualityConfig, seed
 
     split_choice, template_choice = phantom_choice("max_split_share"), phantom_choice("template_test")
     off_agreement = ("min_lead_agreement", LEAD_AGREEMENTS[-1])
-    kept = [v for v in fusion_variants(config) if v[0] == "min_lead_agreement"
+    kept = [v for v in variants if v[0] == "min_lead_agreement"
             and mean_p[v] >= mean_p[off_agreement] - MAX_PPV_COST
             and plus_p(*clean, v) >= plus_p(*clean, off_agreement) - MAX_PPV_COST]
     agreement_choice = max(kept, key=lambda v: (mean_coverage[v], -v[1]))
@@ -681,7 +684,7 @@ def fusion_tables(loaded: dict[str, Loaded], config: quality.QualityConfig, seed
         with_loss = setting in off
         names = [setting, *columns] + (["true beats lost, unmodified"] if with_loss else [])
         lines = ["| " + " | ".join(names) + " |", "|---|" + "---:|" * (len(names) - 1)]
-        for v in fusion_variants(config):
+        for v in variants:
             if v[0] != setting:
                 continue
             cells = [f"{coverage(k, s, v):.4f} / {plus_p(k, s, v):.4f}" for k, s in rows]

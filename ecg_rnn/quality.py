@@ -29,10 +29,11 @@ motion on one lead fakes such beats between true ones. So is a beat only one lea
 neighbour (a cycle shorter than template_cycle_share of the local median), whose QRS correlates with no
 lead's template (the median of the beats every lead found) above min_template_correlation: template
 matching is Clifford's tSQI applied to one beat; an early ventricular beat that only one lead shows
-matches no template either, but the other lead almost always shows it, so the test asks for both. Windows where every lead is noisy are noise
-segments, unless the leads still agree on the beats (at least min_lead_agreement of them found by a
-majority of the leads: muscle noise that leaves every QRS readable); their beats come from the least noisy
-lead, and the segments are returned so that later stages can leave them out. The reported
+matches no template either, but the other lead almost always shows it, so the test asks for both.
+Windows where every lead is noisy are noise segments, unless the leads still agree on the beats (at
+least min_lead_agreement of them found by a majority of the leads: muscle noise that leaves every QRS
+readable); their beats come from the least noisy lead, and the segments are returned so that later
+stages can leave them out. The reported
 R-peak is the preferred lead's, so R-peaks only move to another lead's QRS extremum where they must.
 
 Everything is a pure function of the arrays passed, so long recordings may be processed in chunks.
@@ -153,8 +154,8 @@ def fuse_leads(leads: np.ndarray, fs: float, config: QualityConfig = QualityConf
     with ThreadPoolExecutor(max_workers=min(x.shape[1], _LEAD_THREADS)) as pool:
         per_lead = list(pool.map(lambda lead: _quality(x[:, lead], fs, config, None if peaks is None else peaks[lead]),
                                  range(x.shape[1])))
-    noisy = np.column_stack([flags for flags, _, _ in per_lead])
-    probability = np.column_stack([p for _, p, _ in per_lead])
+    noisy = np.column_stack([flags for flags, _, _, _ in per_lead])
+    probability = np.column_stack([p for _, p, _, _ in per_lead])
     # the preferred lead per window is the first clean one in the caller's order (R-peak positions
     # differ by lead, so switching only where needed keeps RR intervals smooth), the least noisy one
     # where all are noisy; it reports the R-peaks and settles ties, unless another clean lead is
@@ -165,13 +166,13 @@ def fuse_leads(leads: np.ndarray, fs: float, config: QualityConfig = QualityConf
     clearly = probability[rows, preferred] - probability[rows, least_noisy] > _TIE_MARGIN
     tie_break = np.where(clearly, least_noisy, preferred)
     window = int(round(config.window_s * fs))
-    lead_peaks = [p for _, _, p in per_lead]
+    lead_peaks = [p for _, _, p, _ in per_lead]
     tolerance = int(round(_FUSE_TOLERANCE_S * fs))
     grouped = _grouped(lead_peaks, tolerance)  # the vote and the lead agreement judge the same beats
     samples, lead = _vote(grouped, noisy, tie_break, preferred, window)
     keep = ~_split_cycles(samples, lead_peaks, tolerance, config.max_split_share)
     samples, lead = samples[keep], lead[keep]
-    keep = ~_template_mismatches(x, fs, samples, lead_peaks, tolerance, config)
+    keep = ~_template_mismatches([band for _, _, _, band in per_lead], fs, samples, lead_peaks, tolerance, config)
     samples, lead = samples[keep], lead[keep]
     unreadable = noisy.all(axis=1) & (_agreement(grouped, len(noisy), window) < config.min_lead_agreement)
     return FusedPeaks(samples, lead, noisy, noise_segments(unreadable, config.window_s, len(x) / fs), probability)
@@ -254,38 +255,46 @@ def _split_cycles(samples: np.ndarray, lead_peaks: list[np.ndarray], tolerance: 
     lead finds no neighbours, so a single-lead recording or a flat lead drops nothing)."""
     if max_share <= 0 or len(lead_peaks) < 2 or len(samples) < 3:
         return np.zeros(len(samples), bool)
-    found = np.column_stack([_within(samples, np.asarray(p, dtype=np.int64), tolerance) for p in lead_peaks])
+    found = _found_by(samples, lead_peaks, tolerance)
     alone = found.sum(axis=1) == 1
     others = ~found & alone[:, None]  # for a beat one lead found: the leads that did not find it
     neighbours_seen = np.zeros_like(found)
     neighbours_seen[1:-1] = found[:-2] & found[2:]
-    cycles = np.diff(samples).astype(np.float64)
-    local = median_filter(cycles, size=_SPLIT_CONTEXT_CYCLES, mode="nearest")
-    before = np.r_[np.inf, cycles / local]
-    after = np.r_[cycles / local, np.inf]
+    before, after = _relative_cycles(samples)
     return alone & (others & neighbours_seen).any(axis=1) & (before < max_share) & (after < max_share)
 
 
-def _template_mismatches(x: np.ndarray, fs: float, samples: np.ndarray, lead_peaks: list[np.ndarray],
+def _found_by(samples: np.ndarray, lead_peaks: list[np.ndarray], tolerance: int) -> np.ndarray:
+    """bool (beats, leads): which leads found each fused beat."""
+    return np.column_stack([_within(samples, np.asarray(p, dtype=np.int64), tolerance) for p in lead_peaks])
+
+
+def _relative_cycles(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per beat, the cycle before and the cycle after it over the median of the cycles around it
+    (inf where there is none)."""
+    cycles = np.diff(samples).astype(np.float64)
+    ratio = cycles / median_filter(cycles, size=_SPLIT_CONTEXT_CYCLES, mode="nearest")
+    return np.r_[np.inf, ratio], np.r_[ratio, np.inf]
+
+
+def _template_mismatches(bands: list[np.ndarray], fs: float, samples: np.ndarray, lead_peaks: list[np.ndarray],
                          tolerance: int, config: QualityConfig) -> np.ndarray:
     """Per fused beat: True where exactly one lead found it, a cycle on either side is shorter than
     template_cycle_share of the local median, and its QRS correlates with no lead's template above
-    min_template_correlation."""
+    min_template_correlation. bands: each lead's 1-40 Hz signal at the working rate (_features)."""
     none = np.zeros(len(samples), bool)
     if config.template_cycle_share <= 0 or len(lead_peaks) < 2 or len(samples) < 3:
         return none
-    found = np.column_stack([_within(samples, np.asarray(p, dtype=np.int64), tolerance) for p in lead_peaks])
-    cycles = np.diff(samples).astype(np.float64)
-    ratio = cycles / median_filter(cycles, size=_SPLIT_CONTEXT_CYCLES, mode="nearest")
-    close = np.minimum(np.r_[np.inf, ratio], np.r_[ratio, np.inf]) < config.template_cycle_share
+    found = _found_by(samples, lead_peaks, tolerance)
+    close = np.minimum(*_relative_cycles(samples)) < config.template_cycle_share
     suspects = np.flatnonzero((found.sum(axis=1) == 1) & close)
     agreed = np.flatnonzero(found.all(axis=1))
     if len(suspects) == 0 or len(agreed) < _TEMPLATE_MIN_BEATS:
         return none
     agreed = agreed[np.linspace(0, len(agreed) - 1, min(len(agreed), _TEMPLATE_MAX_BEATS)).astype(int)]
     best = np.full(len(suspects), -1.0)
-    for lead in range(x.shape[1]):
-        windows = _qrs_windows(x[:, lead], fs, samples[np.r_[agreed, suspects]])
+    for band in bands:
+        windows = _qrs_windows(band, fs, samples[np.r_[agreed, suspects]])
         template = np.median(windows[:len(agreed)], axis=0)
         best = np.maximum(best, _correlation(windows[len(agreed):], template))
     out = none.copy()
@@ -293,10 +302,9 @@ def _template_mismatches(x: np.ndarray, fs: float, samples: np.ndarray, lead_pea
     return out
 
 
-def _qrs_windows(x: np.ndarray, fs: float, samples: np.ndarray) -> np.ndarray:
-    """The 1-40 Hz signal within _TEMPLATE_HALF_S of each sample, at the working rate."""
-    q = max(1, int(fs // _WORK_FS))
-    band = _band_limiter(_decimate(x, q), fs / q)(*_BAND_HZ)
+def _qrs_windows(band: np.ndarray, fs: float, samples: np.ndarray) -> np.ndarray:
+    """A lead's 1-40 Hz signal at the working rate within _TEMPLATE_HALF_S of each sample (samples at fs)."""
+    q = _decimation(fs)
     half = max(1, int(round(_TEMPLATE_HALF_S * fs / q)))
     centres = np.clip(np.asarray(samples) // q, half, max(half, len(band) - half - 1))
     return band[np.clip(centres[:, None] + np.arange(-half, half + 1), 0, len(band) - 1)]
@@ -319,18 +327,19 @@ def _within(samples: np.ndarray, peaks: np.ndarray, tolerance: int) -> np.ndarra
 
 
 def _quality(x: np.ndarray, fs: float, config: QualityConfig, peaks: np.ndarray | None
-             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(noisy flags, noise probability, R-peaks) of one lead's windows."""
-    features, flat, beats, peaks = _features(x, fs, config, peaks)
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(noisy flags, noise probability, R-peaks, 1-40 Hz signal at the working rate) of one lead."""
+    features, flat, beats, peaks, ecg = _features(x, fs, config, peaks)
     probability = 1.0 / (1.0 + np.exp(-(features @ _WEIGHTS + _BIAS)))
     noisy = ((probability > config.max_noise_probability) | (flat > config.max_flat_share)
              | (beats > config.max_rate_bpm / 60.0 * config.window_s))
-    return noisy, probability, peaks
+    return noisy, probability, peaks, ecg
 
 
 def _features(x: np.ndarray, fs: float, config: QualityConfig, peaks: np.ndarray | None
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(FEATURES per window, share of repeated samples per window, beats per window, R-peaks)."""
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(FEATURES per window, share of repeated samples per window, beats per window, R-peaks, the 1-40 Hz
+    signal at the working rate)."""
     x = np.asarray(x, dtype=np.float64).reshape(-1)
     window = int(round(config.window_s * fs))
     if len(x) < window or window < fs:
@@ -340,7 +349,7 @@ def _features(x: np.ndarray, fs: float, config: QualityConfig, peaks: np.ndarray
         raise SignalError("signal holds NaN or infinite samples; bridge or drop them before the quality stage")
     starts = _window_starts(len(x), window)
     peaks = _peaks_or_none(x, fs) if peaks is None else np.asarray(peaks, dtype=np.int64)
-    q = max(1, int(fs // _WORK_FS))
+    q = _decimation(fs)
     xd, fw = _decimate(x, q), fs / q
     band = _band_limiter(xd, fw)
     tolerance = int(round(config.match_tolerance_s * fs))
@@ -365,7 +374,7 @@ def _features(x: np.ndarray, fs: float, config: QualityConfig, peaks: np.ndarray
     repeated = np.zeros(len(x))
     repeated[1:] = x[1:] == x[:-1]
     flat = _window_sums(repeated, starts, window) / window
-    return features, flat, beats, peaks
+    return features, flat, beats, peaks, ecg
 
 
 def _peaks_or_none(x: np.ndarray, fs: float) -> np.ndarray:
@@ -390,6 +399,11 @@ def _window_rows(starts: np.ndarray, length: int, n: int) -> np.ndarray:
 def _window_of(samples: np.ndarray, starts: np.ndarray, window: int) -> np.ndarray:
     """Which window each sample belongs to (the last window owns the tail)."""
     return np.minimum(np.asarray(samples, dtype=np.int64) // window, len(starts) - 1)
+
+
+def _decimation(fs: float) -> int:
+    """The largest integer factor that keeps the working rate at _WORK_FS or above."""
+    return max(1, int(fs // _WORK_FS))
 
 
 def _decimate(x: np.ndarray, q: int) -> np.ndarray:

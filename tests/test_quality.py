@@ -267,5 +267,5 @@ def test_muscle_noise_on_both_leads_stays_readable_where_the_leads_agree_on_the_
     everything, _, ppv_everything = readable_and_beats(0.0)
     assert never <= 0.6  # both leads judged noisy in most of it...
     assert readable >= never + 0.2  # ...yet where the leads agree, the beats stay readable...
-    assert se >= 0.99 and ppv >= 0.99  # ...and right
+    assert se >= 0.99 and ppv >= 0.99  # ...and right (at a laxer level, 0.7 or below, +P falls under 0.99)
     assert everything == 1.0 and ppv_everything < 0.99  # where they disagree, the beats would not be
