@@ -187,6 +187,9 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--save-variants", type=Path, metavar="DIR",
                    help="save the trained LSTM / GRU / BiLSTM variants (inter-patient) into DIR")
     p.add_argument("--folds", type=int, help="intra-patient: evaluate only the first N of the 5 folds")
+    p.add_argument("--fs", type=float, metavar="HZ", dest="recorder_fs",
+                   help="noise protocol: resample every stressed recording to this rate before scoring, as a "
+                        "recorder sampling at it gives it (default: MIT-BIH's 360 Hz)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_train_options(p)
     p.set_defaults(run=_run_evaluate)
@@ -229,20 +232,25 @@ def _run_noise_test(args) -> int:
 
     from ecg_rnn import paths
     from ecg_rnn.detector import RecurrentAEDetector
-    from ecg_rnn.noise_protocol import evaluate_noise, markdown_table
+    from ecg_rnn.noise_protocol import MIN_RANKED_BEATS, evaluate_noise, markdown_table
     from ecg_rnn.protocols import DS2
 
     model = args.model or paths.default_model_path()
     detector = RecurrentAEDetector.load(model)
-    report = evaluate_noise(detector, tuple(args.records or DS2), progress=not args.quiet)
+    report = evaluate_noise(detector, tuple(args.records or DS2), progress=not args.quiet,
+                            recorder_fs=args.recorder_fs)
     out = args.out or paths.runs_dir() / "evaluate-noise"
     out.mkdir(parents=True, exist_ok=True)
     (out / "noise.json").write_text(json.dumps(report, indent=2, default=float))
     tables = {stretch: markdown_table(report, stretch) for stretch in ("noisy", "clean")}
+    rate = f", resampled to {args.recorder_fs:g} Hz after the noise was added" if args.recorder_fs else ""
+    rate_option = f" --fs {args.recorder_fs:g}" if args.recorder_fs else ""
     (out / "noise.md").write_text(
         "# Noise stress test (MIT-BIH + NSTDB-style synthetic noise)\n\n"
-        f"Records: {', '.join(report['records'])}. Command: `ecg-rnn evaluate --protocol noise --records "
-        f"{' '.join(report['records'])} --out {out}`; model: `{Path(model).name}`.\n\n"
+        f"Records: {', '.join(report['records'])}{rate}. Command: `ecg-rnn evaluate --protocol noise --records "
+        f"{' '.join(report['records'])}{rate_option} --out {out}`; model: `{Path(model).name}`.\n\n"
+        f"ROC-AUC and AP rank the covered beats (abnormal = S, V, F, Q); \"–\" where fewer than "
+        f"{MIN_RANKED_BEATS} abnormal or normal beats are covered.\n\n"
         f"## Noisy stretches\n\n{tables['noisy']}\n\n## Clean stretches of the same records\n\n{tables['clean']}\n")
     print(tables["noisy"])
     print(f"-> {out / 'noise.json'}, {out / 'noise.md'}")

@@ -119,3 +119,53 @@ def test_lead_choice_prefers_lead_ii_then_chest_leads():
     assert choose_lead(["ECG I", "ECG II"], ["uV", "uV"], None, "x") == 1
     assert choose_lead(["I", "aVR", "V5"], ["mV"] * 3, None, "x") == 2
     assert choose_lead(["I", "aVR"], ["mV"] * 2, None, "x") == 0
+
+
+TWELVE_LEADS = {  # (lead MLII, lead V1) weights: twelve distinct mixtures, ordered as a 12-lead recorder writes them
+    "I": (0.5, 0.3), "II": (1.0, 0.0), "III": (0.5, -0.3), "aVR": (-0.75, 0.0), "aVL": (0.0, 0.3),
+    "aVF": (0.75, -0.15), "V1": (0.0, 1.0), "V2": (0.3, 0.9), "V3": (0.6, 0.6), "V4": (0.9, 0.3),
+    "V5": (1.0, 0.1), "V6": (0.8, 0.0)}
+
+
+def test_a_twelve_lead_edf_at_257_hz_scores_like_the_two_lead_original(tmp_path):
+    """As a 12-lead Holter (INCART-like: 257 Hz, I ... V6) would give record 208: lead II is chosen, the
+    beats are the reference beats, and the ventricular beats are flagged and suggested as on MIT-BIH's own
+    360 Hz two-lead file."""
+    import wfdb
+
+    from ecg_rnn.signal import resample
+
+    source = open_record(sample_record("208"))
+    leads = source.read_leads(0, SECONDS * 360)
+    mlii, v1 = (resample(leads[:, c], 360.0, 257.0).astype(np.float64) for c in (0, 1))
+    signal = np.stack([a * mlii + b * v1 for a, b in TWELVE_LEADS.values()], axis=1)
+    wfdb.wrsamp("twelve", fs=257, units=["mV"] * 12, sig_name=list(TWELVE_LEADS), p_signal=signal,
+                fmt=["16"] * 12, adc_gain=[400.0] * 12, baseline=[0] * 12, write_dir=str(tmp_path))
+    reference = source.annotations
+    keep = reference.sample < SECONDS * 360
+    wfdb.wrann("twelve", "atr", np.round(reference.sample[keep] * 257 / 360).astype(int),
+               list(reference.symbol[keep]), write_dir=str(tmp_path), fs=257)
+    wfdb_copy, edf_copy = wfdb_and_edf_copies(tmp_path / "twelve", tmp_path, SECONDS, annotate=False)
+    (tmp_path / f"{wfdb_copy.name}.atr").unlink()  # both copies unannotated, as a user's recording arrives
+    assert open_record(edf_copy).lead == "II" and len(open_record(edf_copy).ecg_channels) == 12
+    out = tmp_path / "out"
+    for path in (sample_record("208"), edf_copy):
+        assert cli.main(["score", str(path), "--out", str(out)]) == 0
+    original = pd.read_csv(out / "208.csv")
+    original = original[original["time_s"] < SECONDS - 1]
+    twelve = pd.read_csv(out / f"{edf_copy.stem}.csv")
+    nearest = np.abs(twelve["time_s"].to_numpy()[:, None] - original["time_s"].to_numpy()[None, :]).argmin(axis=0)
+    same_beat = np.abs(twelve["time_s"].to_numpy()[nearest] - original["time_s"].to_numpy()) < 0.05
+    assert same_beat.mean() > 0.99
+    ventricular = (original["ref_aami"] == "V").to_numpy() & same_beat
+    assert ventricular.sum() > 200
+    flagged, suggested = (twelve[column].to_numpy()[nearest][same_beat] for column in ("flagged", "suggested_class"))
+    assert (flagged == original["flagged"].to_numpy()[same_beat]).mean() > 0.95
+    assert twelve["flagged"].to_numpy()[nearest][ventricular].mean() > 0.95
+    suggested_v = {name: (table["suggested_class"].to_numpy()[rows][ventricular] == "V").mean()
+                   for name, table, rows in (("twelve", twelve, nearest), ("original", original, slice(None)))}
+    assert suggested_v["twelve"] == pytest.approx(suggested_v["original"], abs=0.05)
+    assert (suggested == original["suggested_class"].to_numpy()[same_beat]).mean() > 0.9
+    normal = (original["ref_aami"] == "N").to_numpy() & same_beat
+    assert twelve["flagged"].to_numpy()[nearest][normal].mean() == pytest.approx(
+        original["flagged"].to_numpy()[normal].mean(), abs=0.03)

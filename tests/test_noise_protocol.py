@@ -14,7 +14,8 @@ import pytest
 
 from ecg_rnn import cli
 from ecg_rnn.detector import RecurrentAEDetector
-from ecg_rnn.noise_protocol import evaluate_noise, select_noise_stratum, stressed_cuts
+from ecg_rnn.noise_protocol import (MIN_RANKED_BEATS, Counts, _metrics, _nearest_within, evaluate_noise,
+                                   select_noise_stratum, stressed_cuts)
 from ecg_rnn.paths import default_model_path, sample_records_dir
 
 
@@ -56,6 +57,41 @@ def test_cli_writes_the_noise_report(tmp_path, monkeypatch):
     assert saved["records"] == ["232"] and len(saved["rows"]) == 3 * 7 * 2  # kinds x (clean + 6 SNRs) x stretches
     assert np.isfinite([r["sensitivity"] for r in saved["rows"]]).all()
     assert "| em | 12.0 |" in (tmp_path / "noise.md").read_text()
+
+
+def test_a_recorder_at_another_rate_gets_the_same_noisy_recording_resampled(monkeypatch_module):
+    """--fs 128: the noise goes in at MIT-BIH's rate, the recording is then sampled as a 128 Hz recorder
+    samples it, and the reference beats move with it: they are still found where the noise leaves them."""
+    detector = RecurrentAEDetector.load(default_model_path())
+    native, recorded = (next(stressed_cuts(detector, ("100",), ("em",), (12.0,), progress=False, recorder_fs=fs))
+                        for fs in (None, 128.0))
+    assert native.fs == 360.0 and recorded.fs == 128.0
+    assert recorded.n_samples == pytest.approx(native.n_samples * 128 / 360, abs=1)
+    np.testing.assert_allclose(recorded.ref_sample / 128.0, native.ref_sample / 360.0, atol=0.5 / 128)
+    for job in (native.scored(detector), recorded.scored(detector)):
+        clean_part = ~job.noisy[job.ref_sample] & job.after_learning[job.ref_sample]
+        found = _nearest_within(job.ref_sample, job.sample, int(0.05 * job.fs)) >= 0
+        assert found[clean_part].mean() > 0.99
+
+
+def test_cli_resamples_the_stressed_recordings_to_the_rate_asked(tmp_path, monkeypatch):
+    monkeypatch.setenv("MITDB_DIR", str(sample_records_dir()))
+    assert cli.main(["evaluate", "--protocol", "noise", "--records", "232", "--fs", "128", "--quiet",
+                     "--out", str(tmp_path)]) == 0
+    assert json.loads((tmp_path / "noise.json").read_text())["recorder_fs"] == 128.0
+    assert "--fs 128" in (tmp_path / "noise.md").read_text()
+
+
+def _cell(normal: int, abnormal: int) -> Counts:
+    labels = np.array(["N"] * normal + ["V"] * abnormal)
+    return Counts(labels=[labels], scores=[(labels == "V").astype(float)], flags=[labels == "V"])
+
+
+def test_a_cell_ranks_its_beats_only_with_enough_of_each_kind():
+    few, enough = _metrics(_cell(20, MIN_RANKED_BEATS - 1)), _metrics(_cell(20, MIN_RANKED_BEATS))
+    assert few["abnormal_beats"] == MIN_RANKED_BEATS - 1 and np.isnan(few["roc_auc"]) and np.isnan(few["ap"])
+    assert few["abnormal_recall"] == 1.0  # the recall is counted however few they are
+    assert enough["abnormal_beats"] == MIN_RANKED_BEATS and enough["roc_auc"] == enough["ap"] == 1.0
 
 
 def test_noise_seed_is_the_same_in_every_process():
