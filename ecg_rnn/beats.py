@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
@@ -191,26 +192,35 @@ def _chunk_count(n: int, size: int) -> int:
 @dataclass
 class CutBeats:
     """The beats of a recording, the stretches where every lead was too noisy to trust, and how noisy
-    the lead each beat's waveform comes from was around it."""
+    the lead each beat's waveform comes from was around it; with detected R-peaks and a second ECG lead,
+    the same beats cut from that lead too (scoring may judge a beat there where the chosen lead is noisy)."""
 
     beats: Beats
     noise_segments: list[tuple[float, float]]  # (start_s, end_s), merged, by start
     # per beat: the quality model's probability of noise in the chosen lead's window holding the beat
     # (0 where the R-peaks came from annotations: no quality was judged)
     noise_probability: np.ndarray
+    second_lead: Beats | None = None  # the same beats, waveforms from the next ECG lead (ecg_channels[1])
+    second_noise_probability: np.ndarray | None = None  # as noise_probability, in that lead
+    lead_names: tuple[str, ...] = ()  # (chosen lead, next lead) where the source names them
 
 
 def _detected(leads: np.ndarray, fs: float, lo: int, start: int, stop: int, quality_config: QualityConfig
-              ) -> tuple[np.ndarray, list[tuple[float, float]], np.ndarray]:
-    """R-peaks fused from every lead of a chunk (column 0 is the chosen lead), its noise segments, and
-    the chosen lead's noise probability at each R-peak, limited to the chunk's core [start, stop)."""
+              ) -> tuple[np.ndarray, list[tuple[float, float]], np.ndarray, np.ndarray]:
+    """R-peaks fused from every lead of a chunk (column 0 is the chosen lead), its noise segments, and,
+    for the first two leads (one column each, one column with a single lead), the noise probability at
+    each R-peak and where each R-peak falls in that lead (the reported lead's peak moved by the leads'
+    R-peak offset: a window cut there is aligned like that lead's other beats); limited to the chunk's
+    core [start, stop)."""
     fused = fuse_leads(leads, fs, quality_config)
     found = fused.samples + lo
     window = max(int(round(quality_config.window_s * fs)), 1)
-    probability = fused.probability[np.minimum(fused.samples // window, len(fused.probability) - 1), 0]
+    probability = fused.probability[np.minimum(fused.samples // window, len(fused.probability) - 1), :2]
+    offsets = fused.lead_offsets
+    in_lead = found[:, None] - offsets[fused.lead][:, None] + offsets[None, :2]
     segments = [(max(a + lo / fs, start / fs), min(b + lo / fs, stop / fs)) for a, b in fused.noise_segments]
     core = (found >= start) & (found < stop)
-    return found[core], [(a, b) for a, b in segments if b > a], probability[core]
+    return found[core], [(a, b) for a, b in segments if b > a], probability[core], in_lead[core]
 
 
 def _merged_segments(segments: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -245,37 +255,44 @@ def cut_beats(read, n: int, fs: float, name: str, ref_sample: np.ndarray, ref_sy
     for start, stop, lo, hi in bounds:
         leads = np.asarray(read(lo, hi), dtype=np.float64).reshape(hi - lo, -1)
         leads = np.column_stack([bridge_gaps(leads[:, k]) for k in range(leads.shape[1])])
-        with ThreadPoolExecutor(max_workers=1) as pool:  # the chosen lead is filtered while R-peaks are sought
-            filtering = pool.submit(preprocess, leads[:, 0], fs, signal_config)
+        # the waveforms' leads (the chosen one; the next one too where the quality stage judges both) are
+        # filtered while R-peaks are sought
+        cut_leads = 1 if use_reference else min(leads.shape[1], 2)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            filtering = [pool.submit(preprocess, leads[:, k], fs, signal_config) for k in range(cut_leads)]
             if use_reference:
                 found = ref_sample[(ref_sample >= start) & (ref_sample < stop)]
-                probability = np.zeros(len(found))
+                probability, in_lead = np.zeros((len(found), 1)), found[:, None]
             else:
-                found, segments, probability = _detected(leads, fs, lo, start, stop, quality_config)
+                found, segments, probability, in_lead = _detected(leads, fs, lo, start, stop, quality_config)
                 noise += segments
                 if len(found) == 0 and len(bounds) == 1:  # in a long recording: a beatless stretch
                     raise SignalError(f"no heartbeats found in the {(hi - lo) / fs:.1f} s signal; is it an ECG lead?")
-            filtered = filtering.result()
+            filtered = [job.result() for job in filtering]
         offset = lo * ratio.numerator // ratio.denominator  # exact: lo is a multiple of the denominator
-        centres = np.clip(np.round(found * (signal_config.fs / fs)).astype(np.int64) - offset, 0,
-                          len(filtered) - 1)
+        centres = np.clip(np.round(in_lead * (signal_config.fs / fs)).astype(np.int64) - offset, 0,
+                          len(filtered[0]) - 1)
         samples.append(found.astype(np.int64))
         probabilities.append(probability)
-        windows.append(cut_windows(filtered, centres, pre, post))
+        windows.append([cut_windows(lead, centres[:, k], pre, post) for k, lead in enumerate(filtered)])
     sample = np.concatenate(samples)
     if len(sample) < 3:
         raise SignalError(f"{name}: found {len(sample)} beat(s); at least 3 are needed")
     symbol = ref_symbol[np.searchsorted(ref_sample, sample)] if use_reference else match_reference(
         sample, ref_sample, ref_symbol, int(MATCH_TOLERANCE_S * fs))
     symbol = np.asarray(symbol, dtype=str)
-    raw = np.concatenate(windows)
+    raw = [np.concatenate([chunk[k] for chunk in windows]) for k in range(len(windows[0]))]
     if not use_reference:
-        check_beats_resemble(raw, name)
+        check_beats_resemble(raw[0], name)
     time_s = sample / fs
     beats = Beats(record=np.full(len(sample), name), sample=sample, time_s=time_s,
-                  waves=normalise(raw, beat_config.normalisation),
+                  waves=normalise(raw[0], beat_config.normalisation),
                   rr=rr_context(time_s, beat_config.rr_local_beats), symbol=symbol, aami=aami_class(symbol))
-    return CutBeats(beats, _merged_segments(noise), np.concatenate(probabilities))
+    probability = np.concatenate(probabilities)
+    if len(raw) == 1:
+        return CutBeats(beats, _merged_segments(noise), probability[:, 0])
+    second = dataclasses.replace(beats, waves=normalise(raw[1], beat_config.normalisation))
+    return CutBeats(beats, _merged_segments(noise), probability[:, 0], second, probability[:, 1])
 
 
 def template_similarity(waves: np.ndarray) -> float:
@@ -310,8 +327,9 @@ def cut_source(source: RecordSource, signal_config: SignalConfig = SignalConfig(
     else:
         source.check(chunk)
     ref_sample, ref_symbol = reference_beats_of(source.annotations)
-    return cut_beats(read, source.sig_len, source.fs, source.name, ref_sample, ref_symbol,
-                     signal_config, beat_config, peaks, chunk_s, quality_config)
+    cut = cut_beats(read, source.sig_len, source.fs, source.name, ref_sample, ref_symbol,
+                    signal_config, beat_config, peaks, chunk_s, quality_config)
+    return dataclasses.replace(cut, lead_names=tuple(source.sig_name[c] for c in source.ecg_channels[:2]))
 
 
 def beats_from_source(source: RecordSource, signal_config: SignalConfig = SignalConfig(),

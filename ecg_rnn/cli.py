@@ -190,6 +190,8 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--fs", type=float, metavar="HZ", dest="recorder_fs",
                    help="noise protocol: resample every stressed recording to this rate before scoring, as a "
                         "recorder sampling at it gives it (default: MIT-BIH's 360 Hz)")
+    p.add_argument("--noisy-leads", choices=("all", "chosen"), default="all",
+                   help="noise protocol: noise on every lead (the NSTDB recipe, default) or on the chosen lead alone")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_train_options(p)
     p.set_defaults(run=_run_evaluate)
@@ -238,17 +240,20 @@ def _run_noise_test(args) -> int:
     model = args.model or paths.default_model_path()
     detector = RecurrentAEDetector.load(model)
     report = evaluate_noise(detector, tuple(args.records or DS2), progress=not args.quiet,
-                            recorder_fs=args.recorder_fs)
+                            recorder_fs=args.recorder_fs, noisy_leads=args.noisy_leads)
     out = args.out or paths.runs_dir() / "evaluate-noise"
     out.mkdir(parents=True, exist_ok=True)
     (out / "noise.json").write_text(json.dumps(report, indent=2, default=float))
     tables = {stretch: markdown_table(report, stretch) for stretch in ("noisy", "clean")}
-    rate = f", resampled to {args.recorder_fs:g} Hz after the noise was added" if args.recorder_fs else ""
-    rate_option = f" --fs {args.recorder_fs:g}" if args.recorder_fs else ""
+    variant, options = "", ""
+    if args.recorder_fs:
+        variant, options = f", resampled to {args.recorder_fs:g} Hz after the noise was added", f" --fs {args.recorder_fs:g}"
+    if args.noisy_leads == "chosen":
+        variant, options = variant + ", noise on the chosen lead alone", options + " --noisy-leads chosen"
     (out / "noise.md").write_text(
         "# Noise stress test (MIT-BIH + NSTDB-style synthetic noise)\n\n"
-        f"Records: {', '.join(report['records'])}{rate}. Command: `ecg-rnn evaluate --protocol noise --records "
-        f"{' '.join(report['records'])}{rate_option} --out {out}`; model: `{Path(model).name}`.\n\n"
+        f"Records: {', '.join(report['records'])}{variant}. Command: `ecg-rnn evaluate --protocol noise --records "
+        f"{' '.join(report['records'])}{options} --out {out}`; model: `{Path(model).name}`.\n\n"
         f"ROC-AUC and AP rank the covered beats (abnormal = S, V, F, Q); \"–\" where fewer than "
         f"{MIN_RANKED_BEATS} abnormal or normal beats are covered.\n\n"
         f"## Noisy stretches\n\n{tables['noisy']}\n\n## Clean stretches of the same records\n\n{tables['clean']}\n")

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from ecg_rnn.beats import ABNORMAL_CLASSES, MATCH_TOLERANCE_S, CutBeats, aami_class, cut_source, reference_beats_of
 from ecg_rnn.protocols import DS1, DS2, locate_mitdb
 from ecg_rnn.records import open_record, source_from_arrays
-from ecg_rnn.scoring import score_beats
+from ecg_rnn.scoring import SECOND_LEAD_MARGIN, score_beats
 from ecg_rnn.signal import resample
 from ecg_rnn.stress import CLEAN_START_S, NOISE_KINDS, NSTDB_SNR_DB, add_noise, make_noise, noisy_mask
 
@@ -106,13 +106,19 @@ def _metrics(cell: Counts) -> dict:
             "abnormal_recall": float(flags[y].mean()) if y.any() else float("nan")}
 
 
+NOISY_LEADS = ("all", "chosen")  # the NSTDB recipe puts noise on every lead; "chosen": on the chosen lead alone
+
+
 def _stressed(leads: np.ndarray, fs: float, kind: str, snr_db: float, normal_peaks: np.ndarray,
-              rng_seed: int) -> np.ndarray:
+              rng_seed: int, noisy_leads: str = "all") -> np.ndarray:
     if snr_db == CLEAN:
         return leads
     rng = np.random.default_rng(rng_seed)
     noise = np.stack([make_noise(kind, len(leads), fs, rng) for _ in range(leads.shape[1])], axis=1)
-    return add_noise(leads, noise, fs, snr_db, normal_peaks)
+    stressed = add_noise(leads, noise, fs, snr_db, normal_peaks)
+    if noisy_leads == "chosen":  # the same noise on lead 0, the other leads left as recorded
+        stressed[:, 1:] = leads[:, 1:]
+    return stressed
 
 
 def noise_seed(record: str, kind: str) -> int:
@@ -159,9 +165,9 @@ class StressedCut:
     n_samples: int
     fs: float
 
-    def scored(self, detector) -> StressedScore:
-        """Scored by `detector` as `ecg-rnn score` scores it."""
-        scored = score_beats(detector, self.cut, False)
+    def scored(self, detector, second_lead_margin: float = SECOND_LEAD_MARGIN) -> StressedScore:
+        """Scored by `detector` as `ecg-rnn score` scores it (second_lead_margin: see score_beats)."""
+        scored = score_beats(detector, self.cut, False, second_lead_margin=second_lead_margin)
         quality = scored.quality if scored.quality is not None else np.full(len(self.cut.beats), "ok")
         return StressedScore(self.kind, self.snr_db, self.ref_sample, self.ref_aami, scored.beats.sample,
                              quality == "ok", scored.score, scored.flagged, self.cut.noise_probability,
@@ -170,9 +176,10 @@ class StressedCut:
 
 
 def stressed_scores(detector, records: tuple[str, ...], kinds: tuple[str, ...], snrs: tuple[float, ...],
-                    progress: bool = True, recorder_fs: float | None = None) -> Iterator[StressedScore]:
+                    progress: bool = True, recorder_fs: float | None = None,
+                    noisy_leads: str = "all") -> Iterator[StressedScore]:
     """Every record at every (kind, SNR) scored as `ecg-rnn score` scores it (CLEAN among snrs: unchanged)."""
-    for job in stressed_cuts(detector, records, kinds, snrs, progress, recorder_fs):
+    for job in stressed_cuts(detector, records, kinds, snrs, progress, recorder_fs, noisy_leads):
         yield job.scored(detector)
 
 
@@ -189,9 +196,12 @@ def as_recorded(leads: np.ndarray, fs: float, ref_sample: np.ndarray,
 
 
 def stressed_cuts(detector, records: tuple[str, ...], kinds: tuple[str, ...], snrs: tuple[float, ...],
-                  progress: bool = True, recorder_fs: float | None = None) -> Iterator[StressedCut]:
+                  progress: bool = True, recorder_fs: float | None = None,
+                  noisy_leads: str = "all") -> Iterator[StressedCut]:
     """Every record at every (kind, SNR) cut with the detector's configs (CLEAN among snrs: unchanged),
-    resampled to recorder_fs first when given (as_recorded)."""
+    resampled to recorder_fs first when given (as_recorded); noisy_leads: NOISY_LEADS."""
+    if noisy_leads not in NOISY_LEADS:
+        raise ValueError(f"noisy_leads must be one of {NOISY_LEADS}, not {noisy_leads!r}")
     folder = locate_mitdb(quiet=not progress)
     jobs = [(r, k, s) for r in records for k in kinds for s in snrs]
     bar = tqdm(jobs, desc="noise stress test", unit="record", disable=not progress, file=sys.stderr)
@@ -202,7 +212,8 @@ def stressed_cuts(detector, records: tuple[str, ...], kinds: tuple[str, ...], sn
             ref_sample, ref_symbol = reference_beats_of(source.annotations)
             loaded = {name: (source, source.read_leads(), ref_sample, aami_class(ref_symbol))}
         source, leads, ref_sample, ref_aami = loaded[name]
-        noisy = _stressed(leads, source.fs, kind, snr, ref_sample[ref_aami == "N"], noise_seed(name, kind))
+        noisy = _stressed(leads, source.fs, kind, snr, ref_sample[ref_aami == "N"], noise_seed(name, kind),
+                          noisy_leads)
         noisy, fs, ref_at_fs = as_recorded(noisy, source.fs, ref_sample, recorder_fs)
         stressed = source_from_arrays(name, noisy, fs, tuple(source.sig_name[c] for c in source.ecg_channels), 0,
                                       origin=f"{name} + {kind} at {snr:g} dB")
@@ -212,17 +223,18 @@ def stressed_cuts(detector, records: tuple[str, ...], kinds: tuple[str, ...], sn
 
 def evaluate_noise(detector, records: tuple[str, ...] = DS2, kinds: tuple[str, ...] = NOISE_KINDS,
                    snrs: tuple[float, ...] = NSTDB_SNR_DB, progress: bool = True,
-                   recorder_fs: float | None = None) -> dict:
+                   recorder_fs: float | None = None, noisy_leads: str = "all") -> dict:
     """Score every record at every (kind, SNR) and report the pooled figures per cell; recorder_fs:
-    every stressed recording resampled to that rate first (as_recorded), as another recorder gives it."""
+    every stressed recording resampled to that rate first (as_recorded), as another recorder gives it;
+    noisy_leads: "chosen" puts the noise on the chosen lead alone."""
     cells: dict[tuple, Counts] = {}
-    for job in stressed_scores(detector, records, kinds, (CLEAN, *snrs), progress, recorder_fs):
+    for job in stressed_scores(detector, records, kinds, (CLEAN, *snrs), progress, recorder_fs, noisy_leads):
         job.add_to(cells, (job.kind, job.snr_db), job.score, job.flagged)
     rows = [{"kind": kind, "snr_db": "clean" if snr == CLEAN else snr, "stretch": stretch, **_metrics(cell)}
             for (kind, snr, stretch), cell in cells.items()]
     return {"protocol": "noise", "dataset": "MIT-BIH Arrhythmia + synthetic NSTDB-style noise",
             "records": list(records), "kinds": list(kinds), "snrs_db": list(snrs),
-            "recorder_fs": recorder_fs, "rows": rows}
+            "recorder_fs": recorder_fs, "noisy_leads": noisy_leads, "rows": rows}
 
 
 def _pooled_roc_auc(cells: list[Counts]) -> float:

@@ -88,6 +88,7 @@ class FusedPeaks:
     noisy: np.ndarray  # bool (windows, leads): lead_quality of every lead
     noise_segments: list[tuple[float, float]]  # (start_s, end_s) where every lead is noisy and they disagree
     probability: np.ndarray  # float (windows, leads): the quality model's probability of noise
+    lead_offsets: np.ndarray  # int64 per lead: where its R-peaks fall against the first lead's (_lead_offsets)
 
 
 _FUSE_TOLERANCE_S = 0.1  # peaks of different leads this close are one beat (QRS extrema differ by lead)
@@ -97,6 +98,7 @@ _TEMPLATE_HALF_S = 0.1  # the template test compares the 1-40 Hz signal within t
 _TEMPLATE_MIN_BEATS = 8  # fewer beats found by every lead than this: no template, no test
 _TEMPLATE_MAX_BEATS = 300  # the template is the median of at most this many of them, evenly spread
 _TIE_MARGIN = 0.5  # a clean lead this much less likely noisy than the preferred one settles ties
+_OFFSET_MIN_BEATS = 8  # a lead's R-peak offset needs this many beats found by it and the first lead
 _WORK_FS = 100.0  # features are computed after decimating by the largest integer keeping this rate
 _BAND_HZ = (1.0, 40.0)  # kurtosis and RMS are taken on this band (baseline and mains removed)
 _QRS_BAND_HZ = (5.0, 15.0)
@@ -175,7 +177,26 @@ def fuse_leads(leads: np.ndarray, fs: float, config: QualityConfig = QualityConf
     keep = ~_template_mismatches([band for _, _, _, band in per_lead], fs, samples, lead_peaks, tolerance, config)
     samples, lead = samples[keep], lead[keep]
     unreadable = noisy.all(axis=1) & (_agreement(grouped, len(noisy), window) < config.min_lead_agreement)
-    return FusedPeaks(samples, lead, noisy, noise_segments(unreadable, config.window_s, len(x) / fs), probability)
+    return FusedPeaks(samples, lead, noisy, noise_segments(unreadable, config.window_s, len(x) / fs), probability,
+                      _lead_offsets(grouped))
+
+
+def _lead_offsets(grouped: _Grouped) -> np.ndarray:
+    """Per lead, the median of its R-peak sample minus the first lead's over the beats both found (0 for the
+    first lead and for a lead sharing fewer than _OFFSET_MIN_BEATS beats with it). QRS extrema fall at
+    lead-specific times: a beat another lead reports sits about this far from where the first lead puts it,
+    and a window cut there from the first lead is shifted by as much."""
+    sample, lead, beat, _, leads = grouped
+    offsets = np.zeros(leads, np.int64)
+    if len(sample) == 0:
+        return offsets
+    first_lead_at = np.full(beat[-1] + 1, -1, np.int64)
+    first_lead_at[beat[lead == 0]] = sample[lead == 0]
+    for k in range(1, leads):
+        shared = (lead == k) & (first_lead_at[beat] >= 0)
+        if shared.sum() >= _OFFSET_MIN_BEATS:
+            offsets[k] = int(round(float(np.median(sample[shared] - first_lead_at[beat[shared]]))))
+    return offsets
 
 
 def lead_agreement(peaks: Sequence[np.ndarray], windows: int, window: int, tolerance: int) -> np.ndarray:

@@ -30,6 +30,10 @@ VENTRICULAR = "V"  # the suggested class flagged inside AF whatever its score (f
 # per-record statistics of a longer recording are taken per stretch of at most this long (see in_stretches);
 # an hour leaves every MIT-BIH record (30 min) whole, so the evaluated figures hold unchanged
 LONGEST_STRETCH_S = 3600.0
+# a beat is judged on the recording's next ECG lead where the quality stage finds the chosen lead at least
+# this much more likely noisy than that one around it (judged_on_second_lead; inf: never). Selected on DS1
+# with synthetic noise on the chosen lead, on both leads and on none (benchmarks/second_lead.py)
+SECOND_LEAD_MARGIN = 0.8
 
 
 @dataclass
@@ -43,6 +47,7 @@ class ScoredBeats:
     rhythm: np.ndarray | None = None  # str per beat: "AF" inside an AF / flutter episode, else ""
     suggested_class: np.ndarray | None = None  # str per beat: N, S, V, F or Q
     episodes: list[Episode] = field(default_factory=list)  # AF and noise episodes, by start time
+    scored_lead: np.ndarray | None = None  # str per beat: the lead its score comes from (judged_on_second_lead)
 
     @property
     def score(self) -> np.ndarray:
@@ -62,6 +67,7 @@ class ScoredBeats:
             "quality": self.quality if self.quality is not None else np.full(n, OK_QUALITY),
             "rhythm": self.rhythm if self.rhythm is not None else np.full(n, ""),
             "suggested_class": self.suggested_class if self.suggested_class is not None else np.full(n, ""),
+            "scored_lead": self.scored_lead if self.scored_lead is not None else np.full(n, ""),
         })
         if self.has_reference:
             frame["ref_symbol"] = self.beats.symbol
@@ -99,15 +105,35 @@ def flag_beats(score: np.ndarray, threshold: float, in_noise: np.ndarray, in_af:
     return ((np.asarray(score) > threshold) | ventricular_in_af) & ~np.asarray(in_noise, dtype=bool)
 
 
+def judged_on_second_lead(cut: CutBeats, margin: float = SECOND_LEAD_MARGIN) -> np.ndarray:
+    """True for each beat the quality stage finds at least `margin` more likely noisy in the chosen lead
+    than in the next one: its waveform there is the cleaner one to judge (False without a second lead)."""
+    if cut.second_lead is None or not np.isfinite(margin):
+        return np.zeros(len(cut.beats), bool)
+    return cut.noise_probability - cut.second_noise_probability >= margin
+
+
+def _judged_where(chosen: Analysis, second: Analysis, on_second: np.ndarray) -> Analysis:
+    """The score and its terms from `second` where on_second; the reconstruction and latent code stay the
+    chosen lead's, the waveform the dashboard shows and groups by."""
+    return dataclasses.replace(
+        chosen, score=np.where(on_second, second.score, chosen.score),
+        components={k: np.where(on_second, second.components[k], v) for k, v in chosen.components.items()})
+
+
 def score_beats(detector: RecurrentAEDetector, cut: CutBeats, has_reference: bool,
                 rhythm_config: RhythmConfig = RhythmConfig(),
-                longest_stretch_s: float = LONGEST_STRETCH_S) -> ScoredBeats:
+                longest_stretch_s: float = LONGEST_STRETCH_S,
+                second_lead_margin: float = SECOND_LEAD_MARGIN) -> ScoredBeats:
     """Everything scoring says about the cut beats of whole records: AF episodes from the rhythm stage
     (outside the noise segments; the beats' pre-QRS samples add the atrial evidence when their windows
     hold them), scores (inside AF by morphology: a short RR there is the rhythm, not ectopy; beats the
     quality stage finds likely noisy calibrated among themselves, RecurrentAEDetector.analyse),
     percentiles among held-out normals, flags (flag_beats; never inside noise) and suggested classes. Recordings
-    longer than longest_stretch_s take their per-record statistics per stretch (in_stretches)."""
+    longer than longest_stretch_s take their per-record statistics per stretch (in_stretches). A beat whose
+    chosen lead is noisy and whose next lead is not (judged_on_second_lead, second_lead_margin) is scored on
+    that lead, against its own beats there (template, calibration, adaptation); its suggested class still
+    comes from the chosen lead."""
     beats, noise_segments = cut.beats, cut.noise_segments
     noise = [Episode(NOISE_QUALITY, a, b) for a, b in noise_segments]
     in_noise = in_episodes(beats.time_s, noise)
@@ -121,13 +147,20 @@ def score_beats(detector: RecurrentAEDetector, cut: CutBeats, has_reference: boo
         suggestion = pool.submit(suggest_classes, stretches, in_af, signal_config=detector.signal,
                                  beat_config=detector.beats)
         analysis = detector.analyse(stretches, in_af=in_af, noise_probability=cut.noise_probability)
+        on_second = judged_on_second_lead(cut, second_lead_margin)
+        if on_second.any():
+            second = detector.analyse(in_stretches(cut.second_lead, longest_stretch_s), in_af=in_af,
+                                      noise_probability=cut.second_noise_probability)
+            analysis = _judged_where(analysis, second, on_second)
         suggested = suggestion.result()
+    chosen_name, second_name = (*cut.lead_names, "", "")[:2]
     return ScoredBeats(beats=beats, analysis=analysis, percentile=detector.percentile(analysis.score),
                        flagged=flag_beats(analysis.score, detector.threshold_, in_noise, in_af, suggested),
                        has_reference=has_reference,
                        quality=np.where(in_noise, NOISE_QUALITY, OK_QUALITY),
                        rhythm=np.where(in_af, AF_RHYTHM, ""), suggested_class=suggested,
-                       episodes=sorted(af + noise, key=lambda e: e.start_s))
+                       episodes=sorted(af + noise, key=lambda e: e.start_s),
+                       scored_lead=np.where(on_second, second_name, chosen_name))
 
 
 def score_source(detector: RecurrentAEDetector, source: RecordSource, peaks: str = "detect") -> ScoredBeats:

@@ -10,7 +10,8 @@ import pytest
 from ecg_rnn.cli import main
 
 SAMPLE = Path(__file__).resolve().parents[1] / "ecg_rnn" / "samples" / "mitdb"
-COLUMNS = ["sample", "time_s", "rr_prev_s", "score", "percentile", "flagged", "quality", "rhythm", "suggested_class"]
+COLUMNS = ["sample", "time_s", "rr_prev_s", "score", "percentile", "flagged", "quality", "rhythm", "suggested_class",
+           "scored_lead"]
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import pytest
 
 from ecg_rnn import cli
 from ecg_rnn.detector import RecurrentAEDetector
-from ecg_rnn.noise_protocol import (MIN_RANKED_BEATS, Counts, _metrics, _nearest_within, evaluate_noise,
+from ecg_rnn.noise_protocol import (MIN_RANKED_BEATS, Counts, _metrics, _nearest_within, _stressed, evaluate_noise,
                                    select_noise_stratum, stressed_cuts)
 from ecg_rnn.paths import default_model_path, sample_records_dir
 
@@ -74,12 +74,22 @@ def test_a_recorder_at_another_rate_gets_the_same_noisy_recording_resampled(monk
         assert found[clean_part].mean() > 0.99
 
 
-def test_cli_resamples_the_stressed_recordings_to_the_rate_asked(tmp_path, monkeypatch):
+def test_cli_resamples_the_stressed_recordings_and_puts_the_noise_on_the_leads_asked(tmp_path, monkeypatch):
     monkeypatch.setenv("MITDB_DIR", str(sample_records_dir()))
-    assert cli.main(["evaluate", "--protocol", "noise", "--records", "232", "--fs", "128", "--quiet",
-                     "--out", str(tmp_path)]) == 0
-    assert json.loads((tmp_path / "noise.json").read_text())["recorder_fs"] == 128.0
-    assert "--fs 128" in (tmp_path / "noise.md").read_text()
+    assert cli.main(["evaluate", "--protocol", "noise", "--records", "232", "--fs", "128", "--noisy-leads", "chosen",
+                     "--quiet", "--out", str(tmp_path)]) == 0
+    saved = json.loads((tmp_path / "noise.json").read_text())
+    assert saved["recorder_fs"] == 128.0 and saved["noisy_leads"] == "chosen"
+    assert "--fs 128 --noisy-leads chosen" in (tmp_path / "noise.md").read_text()
+
+
+def test_noise_on_the_chosen_lead_alone_leaves_the_others_as_recorded():
+    leads = np.random.default_rng(0).standard_normal((360 * 480, 2)) * 0.1  # 8 minutes: noise from minute 5 on
+    peaks = np.arange(100, 360 * 480 - 100, 300)
+    both, chosen = (_stressed(leads, 360.0, "em", 0.0, peaks, 1, where) for where in ("all", "chosen"))
+    np.testing.assert_array_equal(chosen[:, 1], leads[:, 1])
+    np.testing.assert_array_equal(chosen[:, 0], both[:, 0])  # the same noise on the chosen lead
+    assert not np.allclose(both[:, 1], leads[:, 1])
 
 
 def _cell(normal: int, abnormal: int) -> Counts:

@@ -89,6 +89,23 @@ def test_fusion_keeps_the_beats_when_one_lead_is_destroyed_and_adds_none():
     assert fused.noise_segments == []  # lead 1 stayed clean: no stretch is lost
 
 
+@pytest.mark.parametrize("shift", [0, 7, -5])
+def test_each_lead_reports_where_its_r_peaks_fall_against_the_first_leads(shift):
+    """A second lead whose QRS peaks `shift` samples later than the first's (lead 0 itself, delayed): the
+    fused peaks it reports where lead 0 is destroyed sit `shift` off, which lead_offsets gives back."""
+    x, fs, _, mask = _excerpt_with_noise("100", "em", -6.0, leads=(0,))
+    clean_lead_0 = _sample("100")[0][:len(x), 0]
+    x[:, 1] = np.roll(clean_lead_0, shift)
+    fused = quality.fuse_leads(x, fs)
+    assert fused.lead_offsets[0] == 0 and abs(fused.lead_offsets[1] - shift) <= 1
+    from_lead_1 = fused.samples[fused.lead == 1]
+    assert len(from_lead_1) > 100  # the noisy stretches' beats
+    reference = detect_r_peaks(clean_lead_0, fs)
+    moved = from_lead_1 - fused.lead_offsets[1]  # where lead 0's own peaks would have been
+    nearest = reference[np.clip(np.searchsorted(reference, moved), 0, len(reference) - 1)]
+    assert np.median(np.abs(nearest - moved)) <= 1
+
+
 def test_noise_on_lead_1_changes_nothing_on_a_clean_lead_0():
     x, fs, _, _ = _excerpt_with_noise("100", "ma", -6.0, leads=(1,))
     fused = quality.fuse_leads(x, fs)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from ecg_rnn.beats import Beats
 from ecg_rnn.detector import RecurrentAEDetector
-from ecg_rnn.paths import default_model_path
+from ecg_rnn.paths import default_model_path, sample_records_dir
 from ecg_rnn.records import open_record
-from ecg_rnn.scoring import AF_RHYTHM, LONGEST_STRETCH_S, flag_beats, in_stretches, score_source
+from ecg_rnn.scoring import (AF_RHYTHM, LONGEST_STRETCH_S, SECOND_LEAD_MARGIN, flag_beats, in_stretches, score_beats,
+                             score_source)
 from local_data import mitdb_record
 
 
@@ -56,3 +58,56 @@ def test_mitbih_203_ventricular_beats_inside_af_are_flagged():
     assert scored.flagged[v & in_af].mean() > 0.85
     assert np.array_equal(scored.flagged & ~by_score, in_af & (scored.suggested_class == "V") & ~by_score
                           & (scored.quality != "noise"))
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch
+
+
+def test_a_beat_is_judged_on_the_second_lead_only_where_the_chosen_one_is_clearly_noisier():
+    from ecg_rnn.beats import CutBeats
+    from ecg_rnn.scoring import judged_on_second_lead
+
+    beats = Beats(record=np.full(4, "r"), sample=np.arange(4), time_s=np.arange(4.0), waves=np.zeros((4, 8)),
+                  rr=np.ones((4, 5)), symbol=np.full(4, ""), aami=np.full(4, ""))
+    chosen, second = np.array([0.9, 0.9, 0.5, 0.1]), np.array([0.1, 0.6, 0.1, 0.9])
+    cut = CutBeats(beats, [], chosen, beats, second)
+    assert judged_on_second_lead(cut, 0.4).tolist() == [True, False, True, False]
+    assert not judged_on_second_lead(cut, float("inf")).any()
+    assert not judged_on_second_lead(CutBeats(beats, [], chosen), 0.0).any()  # a single lead: nothing to switch to
+
+
+@pytest.fixture(scope="module")
+def one_lead_noisy(monkeypatch_module):
+    """Record 208 (many V beats) with electrode-motion noise at 0 dB on its chosen lead (MLII) alone,
+    V1 as recorded: scored with and without the second lead."""
+    from ecg_rnn.noise_protocol import stressed_cuts
+
+    monkeypatch_module.setenv("MITDB_DIR", str(sample_records_dir()))
+    detector = RecurrentAEDetector.load(default_model_path())
+    job = next(stressed_cuts(detector, ("208",), ("em",), (0.0,), progress=False, noisy_leads="chosen"))
+    return job, {margin: score_beats(detector, job.cut, False, second_lead_margin=margin)
+                 for margin in (float("inf"), SECOND_LEAD_MARGIN)}
+
+
+def test_where_the_chosen_lead_is_noisy_the_clean_second_lead_judges_the_beats(one_lead_noisy):
+    from sklearn.metrics import roc_auc_score
+
+    from ecg_rnn.noise_protocol import _nearest_within
+    from ecg_rnn.stress import noisy_mask
+
+    job, scored = one_lead_noisy
+    alone, switched = scored[float("inf")], scored[SECOND_LEAD_MARGIN]
+    assert set(alone.scored_lead) == {"MLII"} and {"MLII", "V1"} <= set(switched.scored_lead)
+    in_noise = noisy_mask(job.n_samples, job.fs)[switched.beats.sample]
+    on_v1 = switched.scored_lead == "V1"
+    assert in_noise[on_v1].mean() > 0.9  # switched where the noise was put, not in the clean stretches
+    reference = _nearest_within(switched.beats.sample, job.ref_sample, int(0.15 * job.fs))
+    rows = in_noise & (reference >= 0) & (switched.quality == "ok")
+    abnormal = job.ref_aami[reference[rows]] != "N"
+    auc = {m: roc_auc_score(abnormal, s.score[rows]) for m, s in scored.items()}
+    assert auc[SECOND_LEAD_MARGIN] > auc[float("inf")] + 0.02
+    same = ~on_v1  # beats left on the chosen lead keep its score
+    np.testing.assert_allclose(switched.score[same], alone.score[same])
