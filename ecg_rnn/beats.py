@@ -238,7 +238,8 @@ def cut_beats(read, n: int, fs: float, name: str, ref_sample: np.ndarray, ref_sy
               signal_config: SignalConfig, beat_config: BeatConfig, peaks: str = "auto",
               chunk_s: float = CHUNK_S, quality_config: QualityConfig = QualityConfig()) -> CutBeats:
     """Beats of a signal of n samples, a chunk at a time: `read(start, stop)` returns the samples in mV,
-    one column per ECG lead, the chosen lead first (the beat waveforms come from it).
+    one column per ECG lead, the chosen lead first (the beat waveforms come from it; with detected R-peaks
+    and a second lead, CutBeats.second_lead holds the same beats cut from the next one).
 
     peaks: "reference" uses the annotated beats (the evaluation protocols); "detect" fuses the R-peak
     detections of every lead, trusting only the leads the quality stage finds clean, and labels matched

@@ -158,6 +158,7 @@ class Analysis:
     quality: np.ndarray | None = None  # str per beat, "ok" / "noise" (None: no quality stage ran)
     rhythm: np.ndarray | None = None  # str per beat, "AF" / ""
     suggested: np.ndarray | None = None  # str per beat: N, S, V, F, Q
+    scored_lead: np.ndarray | None = None  # str per beat: the lead its score comes from
     episodes: list[Episode] = field(default_factory=list)  # AF and noise episodes found
 
     def __len__(self) -> int:
@@ -216,7 +217,8 @@ def analyse(source: RecordSource, digest: str, detector, model: str = "",
         pre_s=float(detector.beats.pre_s), post_s=float(detector.beats.post_s),
         has_reference=source.annotations is not None and bool((ref_aami != "").any()),
         quality=_strings(scored.quality), rhythm=_strings(scored.rhythm),
-        suggested=_strings(scored.suggested_class), episodes=list(scored.episodes or []))
+        suggested=_strings(scored.suggested_class), scored_lead=_strings(scored.scored_lead),
+        episodes=list(scored.episodes or []))
     tell(1.0, "Done")
     return out
 
@@ -494,7 +496,7 @@ def _review_columns(a: Analysis, reviews: dict) -> dict[str, list]:
 
 def _stage_columns(a: Analysis) -> dict[str, np.ndarray]:
     """The quality, rhythm and suggestion stages' per-beat outputs, where the scoring provided them."""
-    columns = {"suggested_class": a.suggested, "quality": a.quality, "rhythm": a.rhythm}
+    columns = {"suggested_class": a.suggested, "quality": a.quality, "rhythm": a.rhythm, "scored_lead": a.scored_lead}
     return {k: v for k, v in columns.items() if v is not None}
 
 
