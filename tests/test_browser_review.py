@@ -1,7 +1,8 @@
 """The review flow in a real browser (issue 11 §5): `streamlit run app.py` on a free localhost port, driven by
 Playwright through Debian's Chromium at 1400 x 1000.
 
-- the threshold the slider shows is the one the flags use, after an upload and after other interactions;
+- the threshold the slider shows is the one the flags use, after an upload (WFDB, and EDF+) and after other
+  interactions;
 - the decision (Save), the beat header and its strip lie on one screen without scrolling, the queue
   table's review and RR columns are inside it, no metric is cut off;
 - the queue table ticks the beat shown as Next flagged moves on; a double click on Save saves once and
@@ -152,6 +153,34 @@ def test_threshold_shown_is_the_threshold_used(page, expected):
     _settled(page)
     assert _slider_value(page) == pytest.approx(shown)
     assert _flagged(page) == int(dash.flags_at(expected, shown, noise).sum())
+
+
+def test_after_an_edf_upload_the_slider_shows_the_models_percentile(page, tmp_path):
+    """Issue 11's hidden check: an EDF+ file (ten minutes of 208 written by pyedflib) uploaded in the browser;
+    the slider shows the model's percentile and the flagged count is the library's, before and after an
+    interaction."""
+    from playwright.sync_api import expect
+
+    from ecg_rnn import dashboard as dash
+    from ecg_rnn.records import open_record
+    from edf_files import wfdb_and_edf_copies
+
+    _wfdb_copy, edf_copy = wfdb_and_edf_copies(SAMPLE / RECORD, tmp_path, 600)
+    det = dash.load_detector(dash.available_models()[smallest_model()])
+    source = open_record(edf_copy)
+    expected = dash.analyse(source, source.load().digest, det)
+    flagged = int(dash.flags_at(expected, expected.default_percentile, dash.noise_beats(expected)).sum())
+    sidebar = page.get_by_test_id("stSidebar")
+    sidebar.get_by_text("Upload", exact=True).click()
+    page.locator("input[type=file]").set_input_files([str(edf_copy)])
+    expect(page.get_by_text("flagged beats, highest score first")).to_be_visible()
+    _settled(page)
+    assert _slider_value(page) == expected.default_percentile
+    assert _flagged(page) == flagged > 0
+    _step(page, lambda: page.get_by_role("button", name="Next flagged").click())
+    _settled(page)
+    assert _slider_value(page) == expected.default_percentile
+    assert _flagged(page) == flagged
 
 
 def test_one_screen_double_click_focus_and_reload(page, server):
