@@ -11,7 +11,6 @@ adaptation set and keep their large reconstruction error. No labels are used; th
 
 from __future__ import annotations
 
-import copy
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -51,6 +50,15 @@ def typical_beats(distance: np.ndarray, share: float) -> np.ndarray:
     return np.sort(np.argsort(distance, kind="stable")[:n])
 
 
+def _copy_of(model: RecurrentAutoencoder, device: torch.device) -> RecurrentAutoencoder:
+    """A new autoencoder with `model`'s weights, built from its state dict, not deep-copied: pickling a
+    recurrent layer rebuilds its flat-weight bookkeeping, which races with other threads using the same
+    model (the dashboard scores concurrent sessions with one cached detector)."""
+    tuned = RecurrentAutoencoder(model.config).to(device)
+    tuned.load_state_dict(model.state_dict())
+    return tuned
+
+
 def adapt(model: RecurrentAutoencoder, inputs: dict[str, np.ndarray], distance: np.ndarray,
           config: AdaptConfig) -> RecurrentAutoencoder:
     """A copy of `model` fine-tuned on one recording's typical beats (model inputs of its beats and
@@ -58,7 +66,7 @@ def adapt(model: RecurrentAutoencoder, inputs: dict[str, np.ndarray], distance: 
     if config.steps == 0 or len(distance) == 0:
         return model
     device = next(model.parameters()).device
-    tuned = copy.deepcopy(model)
+    tuned = _copy_of(model, device)
     typical = torch.as_tensor(typical_beats(distance, config.typical_share), device=device)
     wave, template, rr = (torch.as_tensor(inputs[k], dtype=torch.float32, device=device)
                           for k in ("wave", "template", "rr"))

@@ -274,8 +274,13 @@ class RecurrentAEDetector:
     # -- scoring --------------------------------------------------------------------------------
 
     def _placed_model(self) -> RecurrentAutoencoder:
-        """The autoencoder on the configured device (`training.device`: auto = CUDA when available)."""
-        return self.model_.to(resolve_device(self.training.device))
+        """The autoencoder on the configured device (`training.device`: auto = CUDA when available). Moved
+        only when it is elsewhere: moving re-initialises a recurrent layer's flat weights, which other
+        threads scoring with the same detector may be reading."""
+        target, current = resolve_device(self.training.device), next(self.model_.parameters()).device
+        if current.type != target.type or (target.index is not None and current.index != target.index):
+            self.model_.to(target)
+        return self.model_
 
     def _check_fitted(self):
         if getattr(self, "model_", None) is None or not getattr(self, "calibration_", None):

@@ -353,3 +353,58 @@ def test_the_noisy_stratum_spreads_to_the_beats_near_a_noisy_window(det, beats20
     assert near.sum() > 10
     assert not np.allclose(spread.components["distance"][near], alone.components["distance"][near])
     np.testing.assert_allclose(spread.components["recon"][far], alone.components["recon"][far], rtol=0.05, atol=0.05)
+
+
+def _sample_beats(count: int):
+    import dataclasses
+
+    from ecg_rnn.beats import cut_source
+    from ecg_rnn.records import open_record
+
+    det = RecurrentAEDetector.load(default_model_path())
+    source = dataclasses.replace(open_record(SAMPLE_DIR / "100"), annotations=None)
+    return det, cut_source(source, det.signal, det.beats).beats.subset(np.arange(count))
+
+
+def test_scoring_leaves_the_shared_model_untouched(monkeypatch):
+    """The dashboard scores concurrent sessions with one cached detector: neither moving the model nor
+    adapting it may rebuild or pickle the shared recurrent layers' flat weights, which raced ('zip()
+    argument 2 is longer than argument 1') when two sessions scored at once."""
+    det, beats = _sample_beats(300)
+    shared = {id(m) for m in det.model_.modules() if isinstance(m, torch.nn.RNNBase)}
+    touched = []
+    for name in ("_init_flat_weights", "__getstate__"):
+        original = getattr(torch.nn.RNNBase, name)
+
+        def counting(self, *args, _original=original, _name=name):
+            if id(self) in shared:
+                touched.append(_name)
+            return _original(self, *args)
+
+        monkeypatch.setattr(torch.nn.RNNBase, name, counting)
+    assert det.adaptation.steps > 0  # the adapted copy is made on every call
+    det.analyse(beats)
+    assert touched == []
+
+
+def test_threads_scoring_with_one_detector_get_the_serial_scores():
+    import threading
+
+    det, beats = _sample_beats(300)
+    serial = det.analyse(beats).score
+    results, errors = [], []
+
+    def work():
+        try:
+            results.extend(det.analyse(beats).score for _ in range(4))
+        except Exception as exc:  # noqa: BLE001 - the test reports whatever a thread raised
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and len(results) == 16
+    for scores in results:
+        np.testing.assert_allclose(scores, serial, atol=1e-5)
