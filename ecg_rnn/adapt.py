@@ -54,7 +54,8 @@ def _copy_of(model: RecurrentAutoencoder, device: torch.device) -> RecurrentAuto
     """A new autoencoder with `model`'s weights, built from its state dict, not deep-copied: pickling a
     recurrent layer rebuilds its flat-weight bookkeeping, which races with other threads using the same
     model (the dashboard scores concurrent sessions with one cached detector)."""
-    tuned = RecurrentAutoencoder(model.config).to(device)
+    with torch.random.fork_rng(devices=[]):  # the new layers' initial draws leave every random state alone
+        tuned = RecurrentAutoencoder(model.config).to(device)
     tuned.load_state_dict(model.state_dict())
     return tuned
 
