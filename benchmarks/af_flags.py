@@ -47,10 +47,9 @@ def unannotated(path: Path, recorder_fs: float | None) -> RecordSource:
     source = dataclasses.replace(open_record(path), annotations=None)
     if recorder_fs is None or recorder_fs == source.fs:
         return source
-    leads = source.read_leads()
-    resampled = np.stack([resample(leads[:, c], source.fs, recorder_fs) for c in range(leads.shape[1])], axis=1)
-    return source_from_arrays(source.name, resampled, recorder_fs, tuple(source.sig_name[c] for c in source.ecg_channels),
-                              0, origin=f"{path} at {recorder_fs:g} Hz")
+    return source_from_arrays(source.name, resample(source.read_leads(), source.fs, recorder_fs), recorder_fs,
+                              tuple(source.sig_name[c] for c in source.ecg_channels), 0,
+                              origin=f"{path} at {recorder_fs:g} Hz")
 
 
 def record_row(detector, path: Path, recorder_fs: float | None = None) -> dict:

@@ -190,7 +190,7 @@ def as_recorded(leads: np.ndarray, fs: float, ref_sample: np.ndarray,
     The noise is added at MIT-BIH's rate first: it is part of the signal the recorder samples."""
     if recorder_fs is None or recorder_fs == fs:
         return leads, fs, ref_sample
-    resampled = np.stack([resample(leads[:, c], fs, recorder_fs) for c in range(leads.shape[1])], axis=1)
+    resampled = resample(leads, fs, recorder_fs)
     moved = np.minimum(np.round(ref_sample * (recorder_fs / fs)).astype(np.int64), len(resampled) - 1)
     return resampled, float(recorder_fs), moved
 

@@ -39,7 +39,8 @@ def resample_ratio(fs_in: float, fs_out: float) -> Fraction:
 
 
 def resample(x: np.ndarray, fs_in: float, fs_out: float) -> np.ndarray:
-    """Polyphase resampling by the nearest small rational ratio."""
+    """Polyphase resampling by the nearest small rational ratio, along the first axis (samples; a 2-D
+    array is resampled one lead per column)."""
     if fs_in == fs_out:
         return np.asarray(x, dtype=np.float32)
     ratio = resample_ratio(fs_in, fs_out)
